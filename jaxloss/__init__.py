@@ -1,0 +1,19 @@
+"""jaxloss: classification losses for JAX with hand-derived gradients and PyTorch semantics."""
+
+from jaxloss._binary import binary_cross_entropy, binary_cross_entropy_with_logits
+from jaxloss._classification import cross_entropy, nll_loss
+from jaxloss._divergence import kl_div
+from jaxloss._softmax import log_sigmoid, log_softmax, softmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "kl_div",
+    "log_sigmoid",
+    "log_softmax",
+    "nll_loss",
+    "softmax",
+]

@@ -1,0 +1,118 @@
+"""Divergences: ``kl_div``."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxloss import _checks
+from jaxloss._reduce import compute_dtype, is_zero, reduce_loss
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _kl_pointwise(log_input, target, log_target):
+    if log_target:
+        return jnp.exp(target) * (target - log_input)
+    # xlogy: a zero target contributes exactly 0, even against log_input = -inf.
+    positive = target > 0
+    safe_target = jnp.where(positive, target, 1.0)
+    return jnp.where(positive, target * (jnp.log(safe_target) - log_input), 0.0)
+
+
+def _kl_pointwise_jvp(log_target, primals, tangents):
+    log_input, target = primals
+    dlog_input, dtarget = tangents
+    loss = _kl_pointwise(log_input, target, log_target)
+    dloss = jnp.zeros_like(loss)
+    if log_target:
+        p = jnp.exp(target)
+        if not is_zero(dlog_input):
+            dloss = dloss - p * dlog_input
+        if not is_zero(dtarget):
+            dloss = dloss + p * (target - log_input + 1.0) * dtarget
+        return loss, dloss
+    positive = target > 0
+    if not is_zero(dlog_input):
+        dloss = dloss - jnp.where(positive, target, 0.0) * dlog_input
+    if not is_zero(dtarget):
+        # d/dt [t log t - t x] = log t + 1 - x, taken as 0 at t = 0 (as PyTorch does).
+        safe_target = jnp.where(positive, target, 1.0)
+        slope = jnp.where(positive, jnp.log(safe_target) + 1.0 - log_input, 0.0)
+        dloss = dloss + slope * dtarget
+    return loss, dloss
+
+
+_kl_pointwise.defjvp(_kl_pointwise_jvp, symbolic_zeros=True)
+
+
+@functools.partial(jax.jit, static_argnames=("reduction", "log_target"))
+def _kl_div(log_input, target, *, reduction, log_target):
+    dtype = compute_dtype(log_input.dtype)
+    loss = _kl_pointwise(log_input.astype(dtype), target.astype(dtype), log_target)
+    if reduction == "batchmean":
+        batch = log_input.shape[0] if log_input.ndim else 1
+        out = jnp.sum(loss) / batch
+    else:
+        out = reduce_loss(loss, reduction)
+    return out.astype(log_input.dtype)
+
+
+def kl_div(
+    log_input: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: str = "mean",
+    log_target: bool = False,
+) -> jax.Array:
+    r"""Kullback-Leibler divergence :math:`\mathrm{KL}(t \,\|\, q)` given :math:`\log q`.
+
+    As in PyTorch, the *input* is the model's log-probabilities and the *target*
+    the reference distribution (probabilities, or log-probabilities with
+    ``log_target=True``). Use ``reduction="batchmean"`` for the true KL
+    divergence per example; ``"mean"`` averages over every element.
+
+    .. math::
+        \ell = t\,(\log t - \log q) \quad (0 \text{ where } t = 0),
+        \qquad
+        \ell = e^{s}(s - \log q) \quad \text{with } s = \log t \text{ if log\_target}.
+
+    Gradients (the custom JVP rule):
+    :math:`\partial\ell/\partial\log q = -t` and
+    :math:`\partial\ell/\partial t = \log t + 1 - \log q` (0 at :math:`t = 0`);
+    with ``log_target``, :math:`\partial\ell/\partial s = e^{s}(s - \log q + 1)`.
+
+    Args:
+        log_input: floating log-probabilities :math:`\log q`, any shape.
+        target: floating targets of the same shape.
+        reduction: ``"mean"``, ``"batchmean"`` (sum / ``log_input.shape[0]``),
+            ``"sum"`` or ``"none"``.
+        log_target: whether ``target`` holds log-probabilities.
+
+    Returns:
+        A scalar, or elementwise terms for ``reduction="none"``, in the input dtype.
+
+    PyTorch: ``F.kl_div(log_input, target, reduction=..., log_target=...)``,
+    same results; we require ``target`` to have ``log_input``'s shape rather
+    than broadcasting it.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxloss as jl
+        >>> jnp.set_printoptions(precision=4)
+        >>> log_q = jl.log_softmax(jnp.array([[1.0, 2.0, 3.0]]))
+        >>> t = jnp.array([[0.2, 0.3, 0.5]])
+        >>> jl.kl_div(log_q, t, reduction="batchmean")
+        Array(0.078, dtype=float32)
+        >>> jax.grad(jl.kl_div)(log_q, t)  # -t / numel
+        Array([[-0.0667, -0.1   , -0.1667]], dtype=float32)
+    """
+    log_input = _checks.floating_input("log_input", log_input)
+    target = _checks.floating_input("target", target)
+    target = _checks.same_shape("target", target, log_input.shape, "log_input's")
+    reduction = _checks.reduction(reduction, ("mean", "batchmean", "sum", "none"))
+    if not isinstance(log_target, bool):
+        raise TypeError(f"log_target must be a bool, got {log_target!r}")
+    return _kl_div(log_input, target, reduction=reduction, log_target=log_target)

@@ -225,7 +225,7 @@ def binary_cross_entropy(
         >>> jl.binary_cross_entropy(probs, targets, reduction="none")
         Array([  0.1054,   0.2231, 100.    ], dtype=float32)
         >>> jax.grad(lambda p: jl.binary_cross_entropy(p, targets, reduction="sum"))(probs)
-        Array([-1.1111,  1.25  ,  0.    ], dtype=float32)
+        Array([-1.1111,  1.25  , -0.    ], dtype=float32)
     """
     probs = _checks.floating_input("probs", probs)
     targets = _binary_targets("probs", probs, targets)

@@ -77,24 +77,26 @@ def binary_cross_entropy_with_logits(
 ) -> jax.Array:
     r"""Sigmoid cross-entropy on logits, for binary and multi-label targets.
 
-    Exact for any logit: it is written with softplus, so :math:`|x| = 10^4` in
+    Exact for any logit: it is written with softplus, so $|x| = 10^4$ in
     float32 gives the exact loss and gradient.
 
-    .. math::
-        \ell = w \big( p_w\, t \operatorname{softplus}(-x)
-               + (1 - t) \operatorname{softplus}(x) \big)
-             = -w \big( p_w\, t \log\sigma(x) + (1-t) \log\sigma(-x) \big).
+    $$
+    \ell = w \big( p_w\, t \operatorname{softplus}(-x)
+           + (1 - t) \operatorname{softplus}(x) \big)
+         = -w \big( p_w\, t \log\sigma(x) + (1-t) \log\sigma(-x) \big).
+    $$
 
     Gradients (the custom JVP rule):
 
-    .. math::
-        \frac{\partial \ell}{\partial x} = w\big((1 + (p_w - 1)t)\,\sigma(x) - p_w t\big),
-        \qquad
-        \frac{\partial \ell}{\partial t} = w\big(p_w \operatorname{softplus}(-x)
-            - \operatorname{softplus}(x)\big),
+    $$
+    \frac{\partial \ell}{\partial x} = w\big((1 + (p_w - 1)t)\,\sigma(x) - p_w t\big),
+    \qquad
+    \frac{\partial \ell}{\partial t} = w\big(p_w \operatorname{softplus}(-x)
+        - \operatorname{softplus}(x)\big),
+    $$
 
-    and :math:`\partial\ell/\partial w = \ell / w`,
-    :math:`\partial\ell/\partial p_w = w\, t \operatorname{softplus}(-x)`.
+    and $\partial\ell/\partial w = \ell / w$,
+    $\partial\ell/\partial p_w = w\, t \operatorname{softplus}(-x)$.
 
     Args:
         logits: floating array of any shape.
@@ -188,19 +190,21 @@ def binary_cross_entropy(
 ) -> jax.Array:
     r"""Binary cross-entropy on probabilities, each log clamped at -100 as in PyTorch.
 
-    Prefer :func:`binary_cross_entropy_with_logits` when you have logits: it is
-    exact where this one must clamp.
+    Prefer [`binary_cross_entropy_with_logits`][jaxloss.binary_cross_entropy_with_logits]
+    when you have logits: it is exact where this one must clamp.
 
-    .. math::
-        \ell = -w \big( t \max(\log p, -100) + (1 - t) \max(\log(1 - p), -100) \big).
+    $$
+    \ell = -w \big( t \max(\log p, -100) + (1 - t) \max(\log(1 - p), -100) \big).
+    $$
 
     Gradient (the custom JVP rule; a clamped log contributes nothing):
 
-    .. math::
-        \frac{\partial \ell}{\partial p} = -w \Big( \frac{t}{p}[\log p > -100]
-            - \frac{1 - t}{1 - p}[\log(1-p) > -100] \Big),
-        \qquad
-        \frac{\partial \ell}{\partial t} = -w\big(\max(\log p, -100) - \max(\log(1-p), -100)\big).
+    $$
+    \frac{\partial \ell}{\partial p} = -w \Big( \frac{t}{p}[\log p > -100]
+        - \frac{1 - t}{1 - p}[\log(1-p) > -100] \Big),
+    \qquad
+    \frac{\partial \ell}{\partial t} = -w\big(\max(\log p, -100) - \max(\log(1-p), -100)\big).
+    $$
 
     Args:
         probs: floating probabilities in [0, 1], any shape (values outside give nan).
@@ -212,7 +216,7 @@ def binary_cross_entropy(
         A scalar, or elementwise losses for ``reduction="none"``, in ``probs``' dtype.
 
     PyTorch: ``F.binary_cross_entropy``. Deviation: at a clamped point
-    (:math:`p` within ~1e-44 of 0 or 1) the gradient is the derivative of the
+    ($p$ within ~1e-44 of 0 or 1) the gradient is the derivative of the
     clamped function, 0 for that term, where PyTorch divides by
     ``max(p (1 - p), 1e-12)``; PyTorch raises for ``probs`` outside [0, 1].
 

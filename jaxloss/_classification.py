@@ -191,36 +191,38 @@ def cross_entropy(
     decided by dtype: integer ``targets`` are class indices, floating ``targets``
     are class probabilities (and are differentiable, e.g. for distillation).
 
-    With :math:`\log p = \operatorname{log\_softmax}(x)` over the :math:`K`
-    available classes (finite logit, kept by ``where``; :math:`K = C` normally),
-    class weights :math:`w` and smoothing :math:`\varepsilon`, each element's loss is
+    With $\log p = \operatorname{log\_softmax}(x)$ over the $K$
+    available classes (finite logit, kept by ``where``; $K = C$ normally),
+    class weights $w$ and smoothing $\varepsilon$, each element's loss is
 
-    .. math::
-        \ell_n = \sum_c a_{n,c}\,(-\log p_{n,c}), \qquad
-        a_{n,c} = \begin{cases}
-          (1-\varepsilon)\, w_{y_n} [c = y_n] + \tfrac{\varepsilon}{K} w_c
-            & \text{index targets } y_n \ne \text{ignore\_index}, \\
-          w_c \big((1-\varepsilon)\, t_{n,c} + \tfrac{\varepsilon}{K}\big)
-            & \text{probability targets } t_n,
-        \end{cases}
+    $$
+    \ell_n = \sum_c a_{n,c}\,(-\log p_{n,c}), \qquad
+    a_{n,c} = \begin{cases}
+      (1-\varepsilon)\, w_{y_n} [c = y_n] + \tfrac{\varepsilon}{K} w_c
+        & \text{index targets } y_n \ne \text{ignore\_index}, \\
+      w_c \big((1-\varepsilon)\, t_{n,c} + \tfrac{\varepsilon}{K}\big)
+        & \text{probability targets } t_n,
+    \end{cases}
+    $$
 
-    and :math:`a_n = 0` where :math:`y_n` is ``ignore_index``. ``"mean"`` divides
-    the sum by :math:`\sum_n w_{y_n}` over kept elements (index targets) or by the
+    and $a_n = 0$ where $y_n$ is ``ignore_index``. ``"mean"`` divides
+    the sum by $\sum_n w_{y_n}$ over kept elements (index targets) or by the
     number of elements (probability targets). ``z_loss`` adds
-    :math:`z \cdot (\log\sum_c e^{x_{n,c}})^2` to every kept element, and
-    ``logit_softcap`` replaces the logits by :math:`c \tanh(x / c)` first.
+    $z \cdot (\log\sum_c e^{x_{n,c}})^2$ to every kept element, and
+    ``logit_softcap`` replaces the logits by $c \tanh(x / c)$ first.
 
-    Gradient (the custom JVP rule), with :math:`S_n = \sum_c a_{n,c}`:
+    Gradient (the custom JVP rule), with $S_n = \sum_c a_{n,c}$:
 
-    .. math::
-        \frac{\partial \ell_n}{\partial x_{n,c}} = S_n\, p_{n,c} - a_{n,c},
-        \qquad
-        \frac{\partial \ell_n}{\partial a_{n,c}} = -\log p_{n,c},
+    $$
+    \frac{\partial \ell_n}{\partial x_{n,c}} = S_n\, p_{n,c} - a_{n,c},
+    \qquad
+    \frac{\partial \ell_n}{\partial a_{n,c}} = -\log p_{n,c},
+    $$
 
-    i.e. :math:`p - \tilde t` without weights; gradients for the probability
+    i.e. $p - \tilde t$ without weights; gradients for the probability
     targets, ``weight`` and ``label_smoothing`` follow through the linear map
-    that builds :math:`a`. The Hessian in the logits is
-    :math:`S_n(\operatorname{diag} p_n - p_n p_n^\top)`.
+    that builds $a$. The Hessian in the logits is
+    $S_n(\operatorname{diag} p_n - p_n p_n^\top)$.
 
     Args:
         logits: floating ``[..., num_classes, ...]`` with the classes on ``axis``;
@@ -231,12 +233,12 @@ def cross_entropy(
         ignore_index: index targets equal to it contribute 0 loss, 0 gradient and
             0 weight to the mean (static). Only for index targets.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (static).
-        label_smoothing: :math:`\varepsilon \in [0, 1]` (may be traced).
+        label_smoothing: $\varepsilon \in [0, 1]$ (may be traced).
         axis: the class axis (static); ``axis=1`` is PyTorch's ``(N, C, d1, ...)``.
         where: optional boolean mask broadcastable to ``logits``; ``False``
             classes get probability 0 and no smoothing mass.
         z_loss: coefficient of the log-partition penalty (PaLM), default 0.
-        logit_softcap: optional ``c > 0`` for :math:`c\tanh(x/c)` (Gemma 2).
+        logit_softcap: optional ``c > 0`` for $c\tanh(x/c)$ (Gemma 2).
 
     Returns:
         A scalar, or the per-element losses (the logits' shape without ``axis``)
@@ -267,8 +269,7 @@ def cross_entropy(
         >>> jl.cross_entropy(logits, targets, label_smoothing=0.1, reduction="none")
         Array([0.5076, 2.3076], dtype=float32)
 
-    .. seealso:: :func:`nll_loss` for log-probabilities, :func:`linear_cross_entropy`
-       to fuse the final projection for large vocabularies.
+    See also: [`nll_loss`][jaxloss.nll_loss] for log-probabilities.
     """
     logits = _checks.floating_input("logits", logits, min_ndim=1)
     axis = _checks.class_axis(axis, logits.ndim)
@@ -334,18 +335,19 @@ def nll_loss(
 ) -> jax.Array:
     r"""Negative log-likelihood of class-index targets, given log-probabilities.
 
-    Use it on the output of :func:`log_softmax` (or any log-probabilities);
-    :func:`cross_entropy` fuses the two and is the faster choice for logits.
+    Use it on the output of [`log_softmax`][jaxloss.log_softmax] (or any log-probabilities);
+    [`cross_entropy`][jaxloss.cross_entropy] fuses the two and is the faster choice for logits.
 
-    .. math::
-        \ell_n = -w_{y_n} \log p_{n, y_n}, \qquad
-        \text{mean} = \frac{\sum_n \ell_n}{\sum_{n:\, y_n \ne \text{ignore}} w_{y_n}},
+    $$
+    \ell_n = -w_{y_n} \log p_{n, y_n}, \qquad
+    \text{mean} = \frac{\sum_n \ell_n}{\sum_{n:\, y_n \ne \text{ignore}} w_{y_n}},
+    $$
 
-    with :math:`\ell_n = 0` where :math:`y_n` is ``ignore_index``.
+    with $\ell_n = 0$ where $y_n$ is ``ignore_index``.
 
     Gradient (the custom JVP rule):
-    :math:`\partial \ell_n / \partial \log p_{n,c} = -w_{y_n} [c = y_n]` and
-    :math:`\partial \ell_n / \partial w_{y_n} = -\log p_{n,y_n}`.
+    $\partial \ell_n / \partial \log p_{n,c} = -w_{y_n} [c = y_n]$ and
+    $\partial \ell_n / \partial w_{y_n} = -\log p_{n,y_n}$.
 
     Args:
         log_probs: floating ``[..., num_classes, ...]`` with the classes on ``axis``.

@@ -67,25 +67,26 @@ def kl_div(
     reduction: str = "mean",
     log_target: bool = False,
 ) -> jax.Array:
-    r"""Kullback-Leibler divergence :math:`\mathrm{KL}(t \,\|\, q)` given :math:`\log q`.
+    r"""Kullback-Leibler divergence $\mathrm{KL}(t \,\|\, q)$ given $\log q$.
 
     As in PyTorch, the *input* is the model's log-probabilities and the *target*
     the reference distribution (probabilities, or log-probabilities with
     ``log_target=True``). Use ``reduction="batchmean"`` for the true KL
     divergence per example; ``"mean"`` averages over every element.
 
-    .. math::
-        \ell = t\,(\log t - \log q) \quad (0 \text{ where } t = 0),
-        \qquad
-        \ell = e^{s}(s - \log q) \quad \text{with } s = \log t \text{ if log\_target}.
+    $$
+    \ell = t\,(\log t - \log q) \quad (0 \text{ where } t = 0),
+    \qquad
+    \ell = e^{s}(s - \log q) \quad \text{with } s = \log t \text{ if log\_target}.
+    $$
 
     Gradients (the custom JVP rule):
-    :math:`\partial\ell/\partial\log q = -t` and
-    :math:`\partial\ell/\partial t = \log t + 1 - \log q` (0 at :math:`t = 0`);
-    with ``log_target``, :math:`\partial\ell/\partial s = e^{s}(s - \log q + 1)`.
+    $\partial\ell/\partial\log q = -t$ and
+    $\partial\ell/\partial t = \log t + 1 - \log q$ (0 at $t = 0$);
+    with ``log_target``, $\partial\ell/\partial s = e^{s}(s - \log q + 1)$.
 
     Args:
-        log_input: floating log-probabilities :math:`\log q`, any shape.
+        log_input: floating log-probabilities $\log q$, any shape.
         target: floating targets of the same shape.
         reduction: ``"mean"``, ``"batchmean"`` (sum / ``log_input.shape[0]``),
             ``"sum"`` or ``"none"``.

@@ -76,20 +76,22 @@ def log_softmax(x: ArrayLike, axis: int = -1, *, where: ArrayLike | None = None)
     r"""Log-softmax along ``axis``, computed with a shifted log-sum-exp.
 
     Use it to turn logits into log-probabilities, for example before
-    :func:`nll_loss`. It never overflows: logits of :math:`\pm 10^4` in float32
+    [`nll_loss`][jaxloss.nll_loss]. It never overflows: logits of $\pm 10^4$ in float32
     give exact results.
 
-    .. math::
-        \operatorname{log\_softmax}(x)_i = x_i - \log \sum_{j \in M} e^{x_j},
+    $$
+    \operatorname{log\_softmax}(x)_i = x_i - \log \sum_{j \in M} e^{x_j},
+    $$
 
-    where :math:`M` is the set of classes kept by ``where`` (all by default).
-    Entries outside :math:`M` are :math:`-\infty`.
+    where $M$ is the set of classes kept by ``where`` (all by default).
+    Entries outside $M$ are $-\infty$.
 
-    Gradient (the custom JVP rule), with :math:`p = \operatorname{softmax}(x)`:
+    Gradient (the custom JVP rule), with $p = \operatorname{softmax}(x)$:
 
-    .. math::
-        \frac{\partial y_i}{\partial x_j} = \delta_{ij} - p_j,
-        \qquad dy = dx - \langle p, dx \rangle.
+    $$
+    \frac{\partial y_i}{\partial x_j} = \delta_{ij} - p_j,
+    \qquad dy = dx - \langle p, dx \rangle.
+    $$
 
     Args:
         x: floating logits, any shape with at least one axis.
@@ -112,7 +114,7 @@ def log_softmax(x: ArrayLike, axis: int = -1, *, where: ArrayLike | None = None)
         >>> jax.grad(lambda x: jl.log_softmax(x)[2])(jnp.array([1.0, 2.0, 3.0]))
         Array([-0.09  , -0.2447,  0.3348], dtype=float32)
 
-    .. seealso:: :func:`softmax`, :func:`cross_entropy`.
+    See also: [`softmax`][jaxloss.softmax], [`cross_entropy`][jaxloss.cross_entropy].
     """
     return _normalized(_log_softmax, x, axis, where)
 
@@ -120,14 +122,15 @@ def log_softmax(x: ArrayLike, axis: int = -1, *, where: ArrayLike | None = None)
 def softmax(x: ArrayLike, axis: int = -1, *, where: ArrayLike | None = None) -> jax.Array:
     r"""Softmax along ``axis``.
 
-    .. math::
-        \operatorname{softmax}(x)_i = \frac{e^{x_i - m}}{\sum_{j \in M} e^{x_j - m}},
-        \qquad m = \max_{j \in M} x_j,
+    $$
+    \operatorname{softmax}(x)_i = \frac{e^{x_i - m}}{\sum_{j \in M} e^{x_j - m}},
+    \qquad m = \max_{j \in M} x_j,
+    $$
 
-    with :math:`M` the classes kept by ``where``; the others get probability 0.
+    with $M$ the classes kept by ``where``; the others get probability 0.
 
-    Gradient (the custom JVP rule): :math:`dp = p \odot (dx - \langle p, dx \rangle)`,
-    i.e. the Jacobian :math:`\operatorname{diag}(p) - p p^\top`.
+    Gradient (the custom JVP rule): $dp = p \odot (dx - \langle p, dx \rangle)$,
+    i.e. the Jacobian $\operatorname{diag}(p) - p p^\top$.
 
     Args:
         x: floating logits with at least one axis.
@@ -150,7 +153,7 @@ def softmax(x: ArrayLike, axis: int = -1, *, where: ArrayLike | None = None) -> 
         >>> jax.grad(lambda x: jl.softmax(x)[0])(jnp.array([1.0, 2.0, 3.0]))
         Array([ 0.0819, -0.022 , -0.0599], dtype=float32)
 
-    .. seealso:: :func:`log_softmax`.
+    See also: [`log_softmax`][jaxloss.log_softmax].
     """
     return _normalized(_softmax, x, axis, where)
 
@@ -167,12 +170,13 @@ def _log_sigmoid_jvp(primals, tangents):
 
 
 def log_sigmoid(x: ArrayLike) -> jax.Array:
-    r"""Elementwise :math:`\log \sigma(x)`, stable for any :math:`x`.
+    r"""Elementwise $\log \sigma(x)$, stable for any $x$.
 
-    .. math::
-        \log \sigma(x) = -\log(1 + e^{-x}) = \min(x, 0) - \log(1 + e^{-|x|}).
+    $$
+    \log \sigma(x) = -\log(1 + e^{-x}) = \min(x, 0) - \log(1 + e^{-|x|}).
+    $$
 
-    Gradient (the custom JVP rule): :math:`\frac{d}{dx}\log\sigma(x) = \sigma(-x)`.
+    Gradient (the custom JVP rule): $\frac{d}{dx}\log\sigma(x) = \sigma(-x)$.
 
     Args:
         x: floating array of any shape.

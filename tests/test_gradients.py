@@ -250,7 +250,7 @@ def test_forward_mode_vmap_checkpoint_and_scan(x64):
 # --- property tests over random shapes, axes and options ---
 
 
-@hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
+@hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
 @hypothesis.given(
     batch=st.lists(st.integers(1, 3), min_size=0, max_size=2),
     num_classes=st.integers(2, 6),
@@ -270,6 +270,8 @@ def test_property_cross_entropy_matches_naive_value_and_gradient(
         index_shape = tuple(batch)
         y = jax.random.randint(jax.random.key(seed + 1), index_shape, -1, num_classes)
         y = jnp.where(y < 0, -100, y)
+        # Keep one target: the all-ignored mean is a documented deviation, tested elsewhere.
+        y = y.at[(0,) * y.ndim].set(num_classes - 1)
         w = jnp.linspace(0.5, 1.5, num_classes) if use_weight else None
 
         def ours(x):

@@ -3,6 +3,7 @@
 from jaxloss._binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from jaxloss._classification import cross_entropy, nll_loss
 from jaxloss._divergence import kl_div
+from jaxloss._linear import linear_cross_entropy
 from jaxloss._softmax import log_sigmoid, log_softmax, softmax
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "kl_div",
+    "linear_cross_entropy",
     "log_sigmoid",
     "log_softmax",
     "nll_loss",

@@ -61,6 +61,15 @@ def is_concrete(value) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
+def is_static_zero(value) -> bool:
+    """True for a concrete 0: the option is off and its work can be skipped.
+
+    A traced value always keeps the general path, so changing it under ``jit``
+    never retraces.
+    """
+    return is_concrete(value) and float(value) == 0.0
+
+
 def unit_interval(name: str, value) -> jax.Array:
     """A scalar in [0, 1]; the range is checked whenever the value is concrete."""
     value = as_array(name, value)

@@ -24,7 +24,7 @@ from jaxloss._reduce import compute_dtype, is_zero, reduce_loss
 from jaxloss._softmax import max_and_sum_exp
 
 
-def _xent_terms(x, a, m, s):
+def xent_terms(x, a, m, s):
     """Cross-entropy and log-sum-exp along the last axis from the shift ``m`` and sum ``s``.
 
     ``sum_c a_c (lse - x_c)`` is evaluated as ``S log s + sum_c a_c (m - x_c)``
@@ -42,7 +42,7 @@ def _xent_terms(x, a, m, s):
 def softmax_cross_entropy(x: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns ``(sum_c a_c * -log_softmax(x)_c, logsumexp(x))`` along the last axis."""
     m, s = max_and_sum_exp(x, -1)
-    return _xent_terms(x, a, m, s)
+    return xent_terms(x, a, m, s)
 
 
 def _softmax_cross_entropy_jvp(primals, tangents):
@@ -52,7 +52,7 @@ def _softmax_cross_entropy_jvp(primals, tangents):
     x, a = primals
     dx, da = tangents
     m, s = max_and_sum_exp(x, -1)
-    loss, lse = _xent_terms(x, a, m, s)
+    loss, lse = xent_terms(x, a, m, s)
     dloss = jnp.zeros_like(loss)
     dlse = jnp.zeros_like(lse)
     if not is_zero(dx):
@@ -92,13 +92,17 @@ def _weighted_nll_jvp(primals, tangents):
 _weighted_nll.defjvp(_weighted_nll_jvp, symbolic_zeros=True)
 
 
-def index_coefficients(targets, num_classes, weight, ignore_index, dtype):
+def index_coefficients(
+    targets, num_classes, weight, ignore_index, dtype, label_smoothing=None, share=None
+):
     """Coefficients for class-index targets.
 
     Returns ``(a, element_weight, keep)``: ``a`` is ``w[y] * onehot(y)`` (shape
-    ``targets.shape + (C,)``), zero on ignored elements and NaN on elements whose
-    target is outside ``[0, C)``; ``element_weight`` is ``w[y]`` on kept
-    elements and 0 on ignored ones (the mean's denominator terms).
+    ``targets.shape + (C,)``), or with smoothing ``(1 - eps) w[y] onehot(y) + share * w``
+    where ``share`` is ``eps / K`` on the live classes; ``a`` is zero on ignored
+    elements and NaN on elements whose target is outside ``[0, C)``.
+    ``element_weight`` is ``w[y]`` on kept elements and 0 on ignored ones (the
+    mean's denominator terms).
     """
     keep = targets != ignore_index
     in_range = (targets >= 0) & (targets < num_classes)
@@ -107,11 +111,14 @@ def index_coefficients(targets, num_classes, weight, ignore_index, dtype):
     element_weight = jnp.where(keep, w_y, 0.0)
     onehot = safe[..., None] == jnp.arange(num_classes, dtype=safe.dtype)
     a = jnp.where(onehot, element_weight[..., None], 0.0)
+    if share is not None:
+        spread = share if weight is None else share * weight
+        a = (1.0 - label_smoothing) * a + jnp.where(keep[..., None], spread, 0.0)
     a = jnp.where((keep & ~in_range)[..., None], jnp.nan, a)
     return a, element_weight, keep
 
 
-def _smoothing_share(x, label_smoothing):
+def smoothing_share(x, label_smoothing):
     """``eps / K`` on the classes that can carry probability (finite logit, kept by
     ``where``), 0 elsewhere; ``K`` counts those classes in each row."""
     valid = x > -jnp.inf
@@ -147,17 +154,13 @@ def _cross_entropy(
         x = jnp.where(jnp.moveaxis(where, axis, -1), x, -jnp.inf)
     num_classes = x.shape[-1]
     eps = jnp.asarray(label_smoothing, dtype)
-    share = _smoothing_share(x, eps) if smoothing else None
+    share = smoothing_share(x, eps) if smoothing else None
     if weight is not None:
         weight = weight.astype(dtype)
     if is_index:
         a, element_weight, keep = index_coefficients(
-            targets, num_classes, weight, ignore_index, dtype
+            targets, num_classes, weight, ignore_index, dtype, eps, share
         )
-        if smoothing:
-            a = (1.0 - eps) * a + jnp.where(keep[..., None], share, 0.0) * (
-                1.0 if weight is None else weight
-            )
         denominator = jnp.sum(element_weight)
     else:
         t = jnp.moveaxis(targets, axis, -1).astype(dtype)
@@ -269,7 +272,9 @@ def cross_entropy(
         >>> jl.cross_entropy(logits, targets, label_smoothing=0.1, reduction="none")
         Array([0.5076, 2.3076], dtype=float32)
 
-    See also: [`nll_loss`][jaxloss.nll_loss] for log-probabilities.
+    See also: [`nll_loss`][jaxloss.nll_loss] for log-probabilities, and
+    [`linear_cross_entropy`][jaxloss.linear_cross_entropy] to fuse the final
+    projection for large vocabularies.
     """
     logits = _checks.floating_input("logits", logits, min_ndim=1)
     axis = _checks.class_axis(axis, logits.ndim)
@@ -301,18 +306,9 @@ def cross_entropy(
         axis=axis,
         ignore_index=ignore_index,
         is_index=is_index,
-        smoothing=not _is_static_zero(label_smoothing),
-        use_z_loss=not _is_static_zero(z_loss),
+        smoothing=not _checks.is_static_zero(label_smoothing),
+        use_z_loss=not _checks.is_static_zero(z_loss),
     )
-
-
-def _is_static_zero(value) -> bool:
-    """True for a concrete 0: the option is off and its work can be skipped.
-
-    A traced value always keeps the general path, so changing it under ``jit``
-    never retraces.
-    """
-    return _checks.is_concrete(value) and float(value) == 0.0
 
 
 @functools.partial(jax.jit, static_argnames=("reduction", "axis", "ignore_index"))

@@ -1,0 +1,383 @@
+"""``linear_cross_entropy``: cross-entropy of ``x @ w + b`` without the N x V logits.
+
+Tokens are processed in chunks of ``chunk`` rows by a ``lax.scan``; one chunk's
+logits (``chunk x V``, float32) are the largest temporary.
+
+Two derivative strategies, both behind ``jax.custom_jvp`` (so forward mode works
+as well as reverse mode):
+
+* ``"mean"``/``"sum"`` give a scalar, whose gradient is the same for any
+  upstream cotangent up to a scale. The JVP rule therefore computes the
+  gradients ``dL/dx``, ``dL/dw``, ``dL/db`` inside the forward chunk loop, while
+  each chunk's logits are at hand, and returns the tangent as their inner
+  product with the input tangents. Reverse mode then needs no second pass over
+  the vocabulary: three matmuls in all, as many as the unfused loss, and the
+  only residuals are the gradients themselves.
+* ``"none"`` gives one loss per token, so the gradient of ``w`` depends on a
+  per-token cotangent that is unknown in the forward pass. Its chunk body is
+  wrapped in ``jax.checkpoint``: reverse mode recomputes each chunk's logits
+  (one matmul more) and never stores more than one chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxloss import _checks
+from jaxloss._classification import index_coefficients, softmax_cross_entropy, xent_terms
+from jaxloss._reduce import compute_dtype, is_zero, safe_divide
+from jaxloss._softmax import max_and_sum_exp
+
+# One chunk's float32 logits take at most this many bytes unless chunk_size says otherwise.
+CHUNK_BYTES = 32 * 2**20
+
+
+def auto_chunk_size(num_tokens: int, vocab_size: int) -> int:
+    """The largest power of two of rows whose float32 logits fit ``CHUNK_BYTES`` (at least 8)."""
+    rows = max(8, CHUNK_BYTES // (4 * vocab_size))
+    rows = 2 ** int(math.log2(rows))
+    return max(1, min(rows, 2 ** math.ceil(math.log2(max(num_tokens, 1)))))
+
+
+class _Static(NamedTuple):
+    """The static configuration of one call."""
+
+    ignore_index: int
+    smoothing: bool
+    use_z_loss: bool
+    use_softcap: bool
+    chunk: int
+    acc_dtype: jnp.dtype  # float32, or float64 for float64 inputs
+
+
+class _Scalars(NamedTuple):
+    """Per-call constants that may be traced; no gradient flows to them."""
+
+    weight: jax.Array | None
+    eps: jax.Array
+    z: jax.Array
+    softcap: jax.Array | None
+
+
+def _chunk_logits(x_c, w, bias, consts, static):
+    """Logits of one chunk, accumulated in ``acc_dtype`` (bf16 operands, f32 sums), and tanh."""
+    raw = jnp.matmul(x_c, w, preferred_element_type=static.acc_dtype)
+    if bias is not None:
+        raw = raw + bias.astype(static.acc_dtype)
+    if not static.use_softcap:
+        return raw, None
+    t = jnp.tanh(raw / consts.softcap)
+    return consts.softcap * t, t
+
+
+def _chunk_coefficients(y_c, vocab, consts, static):
+    dtype = static.acc_dtype
+    share = jnp.full((vocab,), consts.eps / vocab, dtype) if static.smoothing else None
+    return index_coefficients(
+        y_c, vocab, consts.weight, static.ignore_index, dtype, consts.eps, share
+    )
+
+
+def _chunk_loss_and_logit_grad(x_c, y_c, w, bias, consts, static):
+    """Per-token losses of one chunk and d(their sum)/d(raw logits)."""
+    logits, t = _chunk_logits(x_c, w, bias, consts, static)
+    a, _, keep = _chunk_coefficients(y_c, logits.shape[-1], consts, static)
+    m, s = max_and_sum_exp(logits, -1)
+    loss, lse = xent_terms(logits, a, m, s)
+    p = jnp.exp(logits - m) / s
+    scale = jnp.sum(a, axis=-1, keepdims=True)
+    if static.use_z_loss:
+        loss = loss + jnp.where(keep, consts.z * jnp.square(lse), 0.0)
+        scale = scale + jnp.where(keep, 2.0 * consts.z * lse, 0.0)[:, None]
+    grad = scale * p - a
+    if static.use_softcap:
+        grad = grad * (1.0 - jnp.square(t))
+    return loss, grad
+
+
+def _chunk_loss(x_c, y_c, w, bias, consts, static):
+    logits, _ = _chunk_logits(x_c, w, bias, consts, static)
+    a, _, keep = _chunk_coefficients(y_c, logits.shape[-1], consts, static)
+    loss, lse = softmax_cross_entropy(logits, a)
+    if static.use_z_loss:
+        loss = loss + jnp.where(keep, consts.z * jnp.square(lse), 0.0)
+    return loss
+
+
+def _chunked(x, targets, static):
+    """Splits the tokens into chunks, padding the tail with ignored tokens."""
+    n, chunk = x.shape[0], static.chunk
+    padded = -(-n // chunk) * chunk
+    xs = jnp.pad(x, ((0, padded - n), (0, 0))).reshape(padded // chunk, chunk, x.shape[1])
+    ys = jnp.pad(targets, (0, padded - n), constant_values=static.ignore_index)
+    return xs, ys.reshape(padded // chunk, chunk)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
+def _fused_sum(x, w, bias, targets, consts, scale, static):
+    """``scale * sum_n loss_n`` in one pass over the chunks, without gradients."""
+    xs, ys = _chunked(x, targets, static)
+
+    def body(total, chunk_in):
+        return total + jnp.sum(_chunk_loss(*chunk_in, w, bias, consts, static)), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), static.acc_dtype), (xs, ys))
+    return total * scale
+
+
+def _fused_sum_and_grads(x, w, bias, targets, consts, scale, static):
+    """The scaled loss and its gradients for x, w and bias, in one pass over the chunks."""
+    n, hidden = x.shape
+    vocab = w.shape[1]
+    matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
+    xs, ys = _chunked(x, targets, static)
+
+    def body(carry, chunk_in):
+        total, dw, db = carry
+        x_c, y_c = chunk_in
+        loss, g = _chunk_loss_and_logit_grad(x_c, y_c, w, bias, consts, static)
+        g = g * scale
+        g_mm = g.astype(matmul_dtype)
+        dx_c = jnp.matmul(g_mm, w.T, preferred_element_type=static.acc_dtype)
+        dw = dw + jnp.matmul(x_c.T, g_mm, preferred_element_type=static.acc_dtype)
+        return (total + jnp.sum(loss), dw, db + jnp.sum(g, axis=0)), dx_c.astype(x.dtype)
+
+    acc = static.acc_dtype
+    init = (jnp.zeros((), acc), jnp.zeros((hidden, vocab), acc), jnp.zeros((vocab,), acc))
+    (total, dw, db), dxs = jax.lax.scan(body, init, (xs, ys))
+    return total * scale, dxs.reshape(-1, hidden)[:n], dw.astype(w.dtype), db
+
+
+def _fused_sum_jvp(static, primals, tangents):
+    # The gradients are formed in the forward chunk loop, while each chunk's logits
+    # are at hand; the tangent is their inner product with the input tangents, which
+    # JAX transposes for reverse mode without another pass over the vocabulary.
+    x, w, bias, targets, consts, scale = primals
+    dx, dw, dbias = tangents[:3]
+    loss, gx, gw, gb = _fused_sum_and_grads(x, w, bias, targets, consts, scale, static)
+    acc = static.acc_dtype
+    dloss = jnp.zeros((), acc)
+    if not is_zero(dx):
+        dloss = dloss + jnp.sum(gx.astype(acc) * dx.astype(acc))
+    if not is_zero(dw):
+        dloss = dloss + jnp.sum(gw.astype(acc) * dw.astype(acc))
+    if bias is not None and not is_zero(dbias):
+        dloss = dloss + jnp.sum(gb * dbias.astype(acc))
+    return loss, dloss
+
+
+_fused_sum.defjvp(_fused_sum_jvp, symbolic_zeros=True)
+
+
+def _per_token_loss(x, w, bias, targets, consts, static):
+    """Per-token losses; each chunk is recomputed in the backward pass (``jax.checkpoint``)."""
+    xs, ys = _chunked(x, targets, static)
+    chunk_loss = jax.checkpoint(_chunk_loss, static_argnums=(5,))
+
+    def body(_, chunk_in):
+        return None, chunk_loss(*chunk_in, w, bias, consts, static)
+
+    _, losses = jax.lax.scan(body, None, (xs, ys))
+    return losses.reshape(-1)[: x.shape[0]]
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("reduction", "ignore_index", "smoothing", "use_z_loss", "chunk_size"),
+)
+def _linear_cross_entropy(
+    x,
+    w,
+    targets,
+    bias,
+    weight,
+    label_smoothing,
+    z_loss,
+    logit_softcap,
+    *,
+    reduction,
+    ignore_index,
+    smoothing,
+    use_z_loss,
+    chunk_size,
+):
+    hidden, vocab = w.shape
+    x2 = x.reshape(-1, hidden)
+    y = targets.reshape(-1)
+    acc = compute_dtype(jnp.promote_types(x.dtype, w.dtype))
+    static = _Static(
+        ignore_index=ignore_index,
+        smoothing=smoothing,
+        use_z_loss=use_z_loss,
+        use_softcap=logit_softcap is not None,
+        chunk=chunk_size or auto_chunk_size(x2.shape[0], vocab),
+        acc_dtype=acc,
+    )
+    constant = lambda v: None if v is None else jax.lax.stop_gradient(jnp.asarray(v, acc))  # noqa: E731
+    consts = _Scalars(
+        constant(weight), constant(label_smoothing), constant(z_loss), constant(logit_softcap)
+    )
+    out_dtype = jnp.promote_types(x.dtype, w.dtype)
+    if reduction == "none":
+        out = _per_token_loss(x2, w, bias, y, consts, static).reshape(targets.shape)
+        return out.astype(out_dtype)
+    if reduction == "sum":
+        scale = jnp.ones((), acc)
+    else:
+        keep = y != ignore_index
+        if consts.weight is None:
+            element_weight = keep.astype(acc)
+        else:
+            element_weight = jnp.where(keep, consts.weight[jnp.clip(y, 0, vocab - 1)], 0.0)
+        scale = safe_divide(jnp.ones((), acc), jnp.sum(element_weight))
+    return _fused_sum(x2, w, bias, y, consts, scale, static).astype(out_dtype)
+
+
+def linear_cross_entropy(
+    x: ArrayLike,
+    w: ArrayLike,
+    targets: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: ArrayLike = 0.0,
+    z_loss: ArrayLike = 0.0,
+    logit_softcap: ArrayLike | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
+    r"""Cross-entropy of the logits ``x @ w + bias``, computed without materializing them.
+
+    For language-model heads with large vocabularies: the result equals
+    ``cross_entropy(x @ w + bias, targets, ...)`` to float32 rounding, but tokens
+    are processed in chunks, so peak memory is one chunk of logits
+    (``chunk_size x V`` floats) instead of ``N x V`` for the logits and again for
+    their gradient.
+
+    $$
+    \ell_n = \sum_v a_{n,v}\,\big(\operatorname{lse}(z_n) - z_{n,v}\big)
+        + \zeta \operatorname{lse}(z_n)^2,
+    \qquad z_n = \operatorname{softcap}(x_n W + b),
+    $$
+
+    with the coefficients $a$ of [`cross_entropy`][jaxloss.cross_entropy]
+    (class weights, ``ignore_index``, label smoothing), $\zeta$ = ``z_loss`` on
+    kept tokens, and $\operatorname{softcap}(u) = c\tanh(u/c)$ when
+    ``logit_softcap`` is given.
+
+    Gradient (computed chunk by chunk in the custom JVP rule): with
+    $G_n = \partial\ell_n/\partial z_n = (S_n + 2\zeta\operatorname{lse}_n)\,p_n - a_n$,
+    times $1 - \tanh^2$ under soft-capping, and the reduction's scale $s$
+    ($1/\sum_n w_{y_n}$ for the mean),
+
+    $$
+    \frac{\partial L}{\partial x_n} = s\,G_n W^\top, \qquad
+    \frac{\partial L}{\partial W} = s\sum_n x_n^\top G_n, \qquad
+    \frac{\partial L}{\partial b} = s\sum_n G_n .
+    $$
+
+    For ``"mean"`` and ``"sum"`` these are formed in the forward chunk loop (three
+    matmuls, like the unfused loss); for ``"none"`` each chunk's logits are
+    recomputed in the backward pass. Both work in forward and reverse mode, under
+    ``jit`` and ``vmap``. bfloat16 operands enter the matmuls with float32
+    accumulation; softmax statistics and the weight gradient accumulate in float32.
+
+    Args:
+        x: floating hidden states ``[..., H]``.
+        w: floating projection ``[H, V]`` (a Dense kernel; for tied embeddings
+            ``[V, H]`` pass ``emb.T``, which is free under ``jit``).
+        targets: integer token ids of shape ``x.shape[:-1]``.
+        bias: optional ``[V]`` bias.
+        weight: optional ``[V]`` class weights.
+        ignore_index: targets equal to it are skipped (static).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (static).
+        label_smoothing: $\varepsilon \in [0, 1]$.
+        z_loss: coefficient of the $\operatorname{lse}^2$ penalty (PaLM), default 0.
+        logit_softcap: optional $c > 0$ for $c\tanh(z/c)$ (Gemma 2).
+        chunk_size: tokens per chunk (static); by default the largest power of two
+            whose float32 logits fit in 32 MiB.
+
+    Returns:
+        A scalar, or per-token losses of shape ``x.shape[:-1]`` for
+        ``reduction="none"``, in the promoted dtype of ``x`` and ``w``.
+
+    Gradients reach ``x``, ``w`` and ``bias``; ``weight``, ``label_smoothing``,
+    ``z_loss`` and ``logit_softcap`` are treated as constants here (use
+    ``cross_entropy`` to differentiate with respect to them).
+
+    PyTorch: ``F.linear_cross_entropy`` (2.13) takes ``w`` as ``[V, H]`` and has no
+    label smoothing or z-loss; Liger-Kernel's fused linear cross-entropy and Cut
+    Cross-Entropy are the GPU counterparts.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxloss as jl
+        >>> jnp.set_printoptions(precision=4)
+        >>> x = jnp.array([[1.0, 0.5], [-0.5, 2.0], [0.3, 0.3]])
+        >>> w = jnp.array([[1.0, -1.0, 0.5, 0.0], [0.5, 0.5, -1.0, 2.0]])
+        >>> y = jnp.array([0, 3, -100])
+        >>> jl.linear_cross_entropy(x, w, y)
+        Array(0.4484, dtype=float32)
+        >>> jl.cross_entropy(x @ w, y)
+        Array(0.4484, dtype=float32)
+        >>> jax.grad(jl.linear_cross_entropy)(x, w, y)
+        Array([[-0.271 ,  0.1678],
+               [-0.0229, -0.0782],
+               [ 0.    ,  0.    ]], dtype=float32)
+    """
+    x = _checks.floating_input("x", x, min_ndim=1)
+    w = _checks.floating_input("w", w)
+    if w.ndim != 2 or w.shape[0] != x.shape[-1]:
+        raise ValueError(
+            f"w must have shape (H, V) with H = x.shape[-1] = {x.shape[-1]}, got {w.shape}"
+            " (for a (V, H) embedding matrix pass emb.T)"
+        )
+    vocab = w.shape[1]
+    targets = _checks.as_array("targets", targets)
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise TypeError(f"targets must be integer token ids, got dtype {targets.dtype}")
+    if targets.shape != x.shape[:-1]:
+        raise ValueError(
+            f"targets must have shape {x.shape[:-1]} (x's shape without the hidden axis), "
+            f"got {targets.shape}"
+        )
+    if bias is not None:
+        bias = _checks.floating_input("bias", bias)
+        if bias.shape != (vocab,):
+            raise ValueError(f"bias must have shape ({vocab},), got {bias.shape}")
+    weight = _checks.class_weight(weight, vocab)
+    label_smoothing = _checks.unit_interval("label_smoothing", label_smoothing)
+    z_loss = _checks.nonnegative_scalar("z_loss", z_loss)
+    if logit_softcap is not None:
+        logit_softcap = _checks.nonnegative_scalar("logit_softcap", logit_softcap)
+        if _checks.is_concrete(logit_softcap) and float(logit_softcap) == 0.0:
+            raise ValueError("logit_softcap must be > 0 (or None to disable it), got 0")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return _linear_cross_entropy(
+        x,
+        w,
+        targets,
+        bias,
+        weight,
+        label_smoothing,
+        z_loss,
+        logit_softcap,
+        reduction=_checks.reduction(reduction),
+        ignore_index=_checks.ignore_index(ignore_index),
+        smoothing=not _checks.is_static_zero(label_smoothing),
+        use_z_loss=not _checks.is_static_zero(z_loss),
+        chunk_size=None if chunk_size is None else int(chunk_size),
+    )

@@ -62,34 +62,47 @@ def is_concrete(value) -> bool:
 
 
 def is_static_zero(value) -> bool:
-    """True for a concrete 0: the option is off and its work can be skipped.
+    """True for a value known at trace time to be 0: the option is off and its work
+    can be skipped. A traced value keeps the general path, so changing it under
+    ``jit`` never retraces."""
+    return _concrete_float(value) == 0.0 if np.ndim(value) == 0 else False
 
-    A traced value always keeps the general path, so changing it under ``jit``
-    never retraces.
-    """
-    return is_concrete(value) and float(value) == 0.0
+
+def _concrete_float(value) -> float | None:
+    """The value as a float when it is known at trace time (a Python number or a
+    concrete array), ``None`` when it is traced. Checked before any conversion, since
+    ``jnp.asarray`` of a Python number inside ``jit`` already gives a tracer."""
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if is_concrete(value):
+        try:
+            return float(np.asarray(value))
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def unit_interval(name: str, value) -> jax.Array:
     """A scalar in [0, 1]; the range is checked whenever the value is concrete."""
+    known = _concrete_float(value) if np.ndim(value) == 0 else None
     value = as_array(name, value)
     if value.ndim != 0:
         raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
     if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
         raise TypeError(f"{name} must be a real number, got dtype {value.dtype}")
-    if is_concrete(value):
-        v = float(value)
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {v}")
+    if known is not None and not 0.0 <= known <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {known}")
     return value
 
 
-def nonnegative_scalar(name: str, value) -> jax.Array:
+def nonnegative_scalar(name: str, value, *, strict: bool = False) -> jax.Array:
+    """A scalar >= 0 (> 0 if ``strict``), checked whenever the value is concrete."""
+    known = _concrete_float(value) if np.ndim(value) == 0 else None
     value = as_array(name, value)
     if value.ndim != 0:
         raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
-    if is_concrete(value) and not float(value) >= 0.0:
-        raise ValueError(f"{name} must be >= 0, got {float(value)}")
+    if known is not None and not (known > 0.0 if strict else known >= 0.0):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} 0, got {known}")
     return value
 
 

@@ -14,6 +14,7 @@ respect to weights, smoothing and probability targets follow from ``a``.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,10 @@ def _softmax_cross_entropy_jvp(primals, tangents):
     dloss = jnp.zeros_like(loss)
     dlse = jnp.zeros_like(lse)
     if not is_zero(dx):
-        p = jnp.exp(x - m) / jnp.where(s == 0, 1.0, s)
+        # exp(x - lse) rather than exp(x - m) / s: a distinct expression, so XLA does not
+        # merge it with the forward's exp(x - m) and store that N x C array between the
+        # passes; each pass then reads only the logits.
+        p = jnp.where(s == 0, 0.0, jnp.exp((x - m) - jnp.log(s)))
         dx = jnp.where(x == -jnp.inf, 0.0, dx)
         grad = jnp.sum(a, axis=-1, keepdims=True) * p - a
         dloss = dloss + jnp.sum(grad * dx, axis=-1)
@@ -90,6 +94,105 @@ def _weighted_nll_jvp(primals, tangents):
 
 
 _weighted_nll.defjvp(_weighted_nll_jvp, symbolic_zeros=True)
+
+
+class _IndexTerms(NamedTuple):
+    loss: jax.Array  # per element
+    lse: jax.Array
+    nll: jax.Array  # lse - x_y
+    smooth: jax.Array | None  # sum_c w_c (lse - x_c) / K over live classes
+    keep: jax.Array
+    bad: jax.Array  # kept, but the index is outside [0, C)
+    safe: jax.Array  # the index clipped into range
+    w_y: jax.Array
+    live: jax.Array | None  # classes that can carry probability
+    count: jax.Array | None  # K
+    total_w: jax.Array | None  # sum of the live classes' weights
+    shift: jax.Array  # the row maximum m (keepdims)
+    log_s: jax.Array  # log sum exp(x - m) (keepdims)
+
+
+def _index_terms(x, targets, weight, eps, ignore_index, smoothing) -> _IndexTerms:
+    num_classes = x.shape[-1]
+    keep = targets != ignore_index
+    in_range = (targets >= 0) & (targets < num_classes)
+    safe = jnp.where(in_range, targets, 0)
+    m, s = max_and_sum_exp(x, -1)
+    lse = m[..., 0] + jnp.log(s[..., 0])
+    # A gather of the target logit, not a one-hot reduction over the classes: the
+    # only full passes over x are then the max and the sum of exponentials.
+    nll = lse - jnp.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
+    w_y = jnp.ones_like(nll) if weight is None else weight[safe]
+    loss = w_y * nll
+    smooth = live = count = total_w = None
+    if smoothing:
+        live = x > -jnp.inf
+        count = jnp.maximum(jnp.sum(live, axis=-1), 1).astype(x.dtype)
+        w = 1.0 if weight is None else weight
+        # sum_c w_c (lse - x_c) = sum_c w_c (m - x_c) + W log s: no large terms cancel.
+        shifted = jnp.sum(jnp.where(live, w * (m - x), 0.0), axis=-1)
+        total_w = count if weight is None else jnp.sum(jnp.where(live, weight, 0.0), axis=-1)
+        smooth = (shifted + total_w * jnp.log(s[..., 0])) / count
+        loss = (1.0 - eps) * loss + eps * smooth
+    loss = jnp.where(keep, loss, 0.0)
+    bad = keep & ~in_range
+    loss = jnp.where(bad, jnp.nan, loss)
+    return _IndexTerms(
+        loss, lse, nll, smooth, keep, bad, safe, w_y, live, count, total_w, m, jnp.log(s)
+    )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def index_cross_entropy(x, targets, weight, eps, ignore_index, smoothing):
+    """Per-element ``(loss, lse)`` of class-index targets along the last axis.
+
+    The loss is ``sum_c a_c (-log p_c)`` with ``a`` as in ``index_coefficients``,
+    computed without building ``a``; ``weight`` may be None.
+    """
+    terms = _index_terms(x, targets, weight, eps, ignore_index, smoothing)
+    return terms.loss, terms.lse
+
+
+def _index_cross_entropy_jvp(ignore_index, smoothing, primals, tangents):
+    # d loss = <S p - a, dx> + d(w) and d(eps) terms;  d lse = <p, dx>.
+    x, targets, weight, eps = primals
+    dx, _, dweight, deps = tangents
+    terms = _index_terms(x, targets, weight, eps, ignore_index, smoothing)
+    keep = terms.keep
+    dloss = jnp.zeros_like(terms.loss)
+    dlse = jnp.zeros_like(terms.lse)
+    if not is_zero(dx):
+        # exp((x - m) - log s) rather than the forward's exp(x - m) / s: a distinct
+        # expression, so XLA does not keep that N x C array alive between the passes.
+        p = jnp.exp((x - terms.shift) - terms.log_s)
+        onehot = terms.safe[..., None] == jnp.arange(x.shape[-1], dtype=terms.safe.dtype)
+        if smoothing:
+            w = 1.0 if weight is None else weight
+            scale = (1.0 - eps) * terms.w_y + eps * terms.total_w / terms.count
+            a = (1.0 - eps) * jnp.where(onehot, terms.w_y[..., None], 0.0) + jnp.where(
+                terms.live, (eps / terms.count)[..., None] * w, 0.0
+            )
+        else:
+            scale = terms.w_y
+            a = jnp.where(onehot, terms.w_y[..., None], 0.0)
+        grad = jnp.where(keep[..., None], scale[..., None] * p - a, 0.0)
+        grad = jnp.where(terms.bad[..., None], jnp.nan, grad)
+        dx = jnp.where(x == -jnp.inf, 0.0, dx)
+        dloss = dloss + jnp.sum(grad * dx, axis=-1)
+        dlse = jnp.sum(p * dx, axis=-1)
+    if weight is not None and not is_zero(dweight):
+        d_w = dweight[terms.safe] * terms.nll
+        if smoothing:
+            neg_log_p = jnp.where(terms.live, terms.lse[..., None] - x, 0.0)
+            d_smooth = jnp.sum(dweight * neg_log_p, axis=-1) / terms.count
+            d_w = (1.0 - eps) * d_w + eps * d_smooth
+        dloss = dloss + jnp.where(keep, d_w, 0.0)
+    if smoothing and not is_zero(deps):
+        dloss = dloss + jnp.where(keep, (terms.smooth - terms.w_y * terms.nll) * deps, 0.0)
+    return (terms.loss, terms.lse), (dloss, dlse)
+
+
+index_cross_entropy.defjvp(_index_cross_entropy_jvp, symbolic_zeros=True)
 
 
 def index_coefficients(
@@ -154,21 +257,21 @@ def _cross_entropy(
         x = jnp.where(jnp.moveaxis(where, axis, -1), x, -jnp.inf)
     num_classes = x.shape[-1]
     eps = jnp.asarray(label_smoothing, dtype)
-    share = smoothing_share(x, eps) if smoothing else None
     if weight is not None:
         weight = weight.astype(dtype)
     if is_index:
-        a, element_weight, keep = index_coefficients(
-            targets, num_classes, weight, ignore_index, dtype, eps, share
-        )
-        denominator = jnp.sum(element_weight)
+        loss, lse = index_cross_entropy(x, targets, weight, eps, ignore_index, smoothing)
+        keep = targets != ignore_index
+        in_range = (targets >= 0) & (targets < num_classes)
+        w_y = 1.0 if weight is None else weight[jnp.where(in_range, targets, 0)]
+        denominator = jnp.sum(jnp.where(keep, w_y, 0.0) * jnp.ones(targets.shape, dtype))
     else:
         t = jnp.moveaxis(targets, axis, -1).astype(dtype)
         if smoothing:
-            t = (1.0 - eps) * t + share
+            t = (1.0 - eps) * t + smoothing_share(x, eps)
         a = t if weight is None else t * weight
         keep, denominator = None, None
-    loss, lse = softmax_cross_entropy(x, a)
+        loss, lse = softmax_cross_entropy(x, a)
     if use_z_loss:
         z = jnp.asarray(z_loss, dtype) * jnp.square(lse)
         loss = loss + (z if keep is None else jnp.where(keep, z, 0.0))
@@ -287,12 +390,12 @@ def cross_entropy(
         )
     reduction = _checks.reduction(reduction)
     weight = _checks.class_weight(weight, logits.shape[axis])
+    smoothing = not _checks.is_static_zero(label_smoothing)
+    use_z_loss = not _checks.is_static_zero(z_loss)
     label_smoothing = _checks.unit_interval("label_smoothing", label_smoothing)
     z_loss = _checks.nonnegative_scalar("z_loss", z_loss)
     if logit_softcap is not None:
-        logit_softcap = _checks.nonnegative_scalar("logit_softcap", logit_softcap)
-        if _checks.is_concrete(logit_softcap) and float(logit_softcap) == 0.0:
-            raise ValueError("logit_softcap must be > 0 (or None to disable it), got 0")
+        logit_softcap = _checks.nonnegative_scalar("logit_softcap", logit_softcap, strict=True)
     where = _checks.where_mask(where, logits.shape)
     return _cross_entropy(
         logits,
@@ -306,8 +409,8 @@ def cross_entropy(
         axis=axis,
         ignore_index=ignore_index,
         is_index=is_index,
-        smoothing=not _checks.is_static_zero(label_smoothing),
-        use_z_loss=not _checks.is_static_zero(z_loss),
+        smoothing=smoothing,
+        use_z_loss=use_z_loss,
     )
 
 

@@ -354,12 +354,12 @@ def linear_cross_entropy(
         if bias.shape != (vocab,):
             raise ValueError(f"bias must have shape ({vocab},), got {bias.shape}")
     weight = _checks.class_weight(weight, vocab)
+    smoothing = not _checks.is_static_zero(label_smoothing)
+    use_z_loss = not _checks.is_static_zero(z_loss)
     label_smoothing = _checks.unit_interval("label_smoothing", label_smoothing)
     z_loss = _checks.nonnegative_scalar("z_loss", z_loss)
     if logit_softcap is not None:
-        logit_softcap = _checks.nonnegative_scalar("logit_softcap", logit_softcap)
-        if _checks.is_concrete(logit_softcap) and float(logit_softcap) == 0.0:
-            raise ValueError("logit_softcap must be > 0 (or None to disable it), got 0")
+        logit_softcap = _checks.nonnegative_scalar("logit_softcap", logit_softcap, strict=True)
     if chunk_size is not None and (
         isinstance(chunk_size, bool)
         or not isinstance(chunk_size, numbers.Integral)
@@ -377,7 +377,7 @@ def linear_cross_entropy(
         logit_softcap,
         reduction=_checks.reduction(reduction),
         ignore_index=_checks.ignore_index(ignore_index),
-        smoothing=not _checks.is_static_zero(label_smoothing),
-        use_z_loss=not _checks.is_static_zero(z_loss),
+        smoothing=smoothing,
+        use_z_loss=use_z_loss,
         chunk_size=None if chunk_size is None else int(chunk_size),
     )

@@ -40,10 +40,8 @@ def _log_softmax(x: jax.Array, axis: int) -> jax.Array:
 def _log_softmax_jvp(axis, primals, tangents):
     (x,), (dx,) = primals, tangents
     y = _log_softmax(x, axis)
-    p = jnp.exp(y)
-    dx = jnp.where(p == 0, 0.0, dx)  # -inf logits: output is constant, tangent 0.
-    dy = dx - jnp.sum(p * dx, axis=axis, keepdims=True)
-    return y, jnp.where(y == -jnp.inf, 0.0, dy)
+    dy = dx - jnp.sum(jnp.exp(y) * dx, axis=axis, keepdims=True)
+    return y, jnp.where(y == -jnp.inf, 0.0, dy)  # a -inf output is constant: tangent 0
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -56,7 +54,6 @@ def _softmax(x: jax.Array, axis: int) -> jax.Array:
 def _softmax_jvp(axis, primals, tangents):
     (x,), (dx,) = primals, tangents
     p = _softmax(x, axis)
-    dx = jnp.where(p == 0, 0.0, dx)
     return p, p * (dx - jnp.sum(p * dx, axis=axis, keepdims=True))
 
 

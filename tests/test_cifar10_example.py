@@ -22,7 +22,10 @@ def _run(*args, timeout=600):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run(
         [sys.executable, str(EXAMPLE / "train.py"), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -35,8 +38,20 @@ def small_cifar(tmp_path_factory):
 
 def test_train_cli_end_to_end(small_cifar, tmp_path):
     workdir = tmp_path / "run"
-    result = _run("--data-dir", small_cifar, "--epochs", 2, "--batch-size", 64, "--width", 8,
-                  "--workdir", workdir, "--seed", 0)
+    result = _run(
+        "--data-dir",
+        small_cifar,
+        "--epochs",
+        2,
+        "--batch-size",
+        64,
+        "--width",
+        8,
+        "--workdir",
+        workdir,
+        "--seed",
+        0,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((workdir / "metrics.json").read_text())
     epochs = metrics["epochs"]
@@ -50,8 +65,15 @@ def test_train_cli_end_to_end(small_cifar, tmp_path):
 
 
 def test_missing_data_without_network_says_which_files_to_put_where(tmp_path):
-    result = _run("--data-dir", tmp_path / "nowhere", "--download-url", "http://127.0.0.1:9/x",
-                  "--epochs", 1, timeout=120)
+    result = _run(
+        "--data-dir",
+        tmp_path / "nowhere",
+        "--download-url",
+        "http://127.0.0.1:9/x",
+        "--epochs",
+        1,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     for name in pipeline.ALL_FILES:

@@ -42,13 +42,19 @@ def test_every_public_function_is_in_the_api_reference():
         assert f"::: jaxloss.{name}\n" in api, name
 
 
-@pytest.mark.skipif(shutil.which("mkdocs") is None and not (
-    pathlib.Path(sys.executable).parent / "mkdocs").exists(), reason="docs extra not installed")
+@pytest.mark.skipif(
+    shutil.which("mkdocs") is None
+    and not (pathlib.Path(sys.executable).parent / "mkdocs").exists(),
+    reason="docs extra not installed",
+)
 def test_docs_site_builds_strictly(tmp_path):
     mkdocs = shutil.which("mkdocs") or str(pathlib.Path(sys.executable).parent / "mkdocs")
     result = subprocess.run(
         [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     api_page = (tmp_path / "site" / "api" / "index.html").read_text()

@@ -202,6 +202,13 @@ def test_errors_are_raised_while_tracing_not_at_run_time():
         traced.lower(X, Y)
 
 
+def test_python_number_options_are_range_checked_inside_jit():
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
+        jax.jit(lambda x: jl.cross_entropy(x, Y, label_smoothing=1.5))(X)
+    with pytest.raises(ValueError, match="logit_softcap must be > 0"):
+        jax.jit(lambda x: jl.cross_entropy(x, Y, logit_softcap=-2.0))(X)
+
+
 def test_traced_label_smoothing_is_accepted_without_a_range_check():
     loss = jax.jit(lambda e: jl.cross_entropy(X, Y, label_smoothing=e))(0.5)
     assert jnp.isfinite(loss)

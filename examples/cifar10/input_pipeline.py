@@ -51,8 +51,15 @@ def _unpickle(path: pathlib.Path) -> dict:
     try:
         raw = path.read_bytes()
         obj = _ArraysOnly(io.BytesIO(raw), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
-            AttributeError, MemoryError) as err:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        MemoryError,
+    ) as err:
         raise DataError(
             f"{path} is not a readable CIFAR-10 batch (corrupt or truncated: "
             f"{type(err).__name__}: {err}). Delete it and download the data set again."
@@ -70,10 +77,13 @@ def load_batch(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(batch["data"])
     labels = np.asarray(batch["labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(f"{path}: 'data' must be uint8 of shape (n, 3072), got "
-                        f"{data.dtype} {data.shape}")
-    if labels.shape != (data.shape[0],) or labels.size and not (
-        0 <= labels.min() and labels.max() < NUM_CLASSES
+        raise DataError(
+            f"{path}: 'data' must be uint8 of shape (n, 3072), got {data.dtype} {data.shape}"
+        )
+    if (
+        labels.shape != (data.shape[0],)
+        or labels.size
+        and not (0 <= labels.min() and labels.max() < NUM_CLASSES)
     ):
         raise DataError(f"{path}: 'labels' must be {data.shape[0]} integers in [0, 10)")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -115,9 +125,12 @@ def download(data_dir: pathlib.Path, url: str = URL, progress: bool = True) -> N
         with urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             digest = hashlib.md5()
-            with open(archive, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress
-            ) as bar:
+            with (
+                open(archive, "wb") as out,
+                tqdm(
+                    total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress
+                ) as bar,
+            ):
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)

@@ -18,8 +18,18 @@ import numpy as np
 import input_pipeline as pipeline
 
 PALETTE = np.array(
-    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [128, 128, 128]],
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [128, 128, 128],
+    ],
     np.float32,
 )
 
@@ -42,13 +52,16 @@ def write(out: pathlib.Path, num_train: int, num_test: int, seed: int = 0) -> pa
     folder = out / pipeline.FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     shards = np.array_split(np.arange(num_train), len(pipeline.TRAIN_FILES))
-    for name, shard in zip(pipeline.TRAIN_FILES, shards):
+    for name, shard in zip(pipeline.TRAIN_FILES, shards, strict=True):
         labels = rng.integers(0, 10, len(shard))
         pipeline.write_batch(folder / name, make_images(labels, rng), labels, name)
     labels = rng.integers(0, 10, num_test)
     pipeline.write_batch(folder / pipeline.TEST_FILE, make_images(labels, rng), labels, "test")
-    meta = {b"label_names": [f"pattern_{i}".encode() for i in range(10)],
-            b"num_cases_per_batch": len(shards[0]), b"num_vis": 3072}
+    meta = {
+        b"label_names": [f"pattern_{i}".encode() for i in range(10)],
+        b"num_cases_per_batch": len(shards[0]),
+        b"num_vis": 3072,
+    }
     with open(folder / pipeline.META_FILE, "wb") as f:
         pickle.dump(meta, f, protocol=2)
     return folder

@@ -19,8 +19,13 @@ class ConvBN(nnx.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, dtype, rngs: nnx.Rngs):
         self.conv = nnx.Conv(
-            in_channels, out_channels, (3, 3), padding="SAME", use_bias=False,
-            dtype=dtype, rngs=rngs,
+            in_channels,
+            out_channels,
+            (3, 3),
+            padding="SAME",
+            use_bias=False,
+            dtype=dtype,
+            rngs=rngs,
         )
         self.norm = nnx.BatchNorm(out_channels, momentum=0.9, dtype=dtype, rngs=rngs)
 

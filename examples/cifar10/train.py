@@ -21,13 +21,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from tqdm import tqdm
 
-import input_pipeline as pipeline
 import jaxloss as jl
+
+import input_pipeline as pipeline
 from models import ResNet9
 
 
@@ -47,13 +47,14 @@ class Config:
 
 def create_train_state(config: Config, steps_per_epoch: int):
     """The model and its optimizer (SGD + Nesterov, weight decay, one-cycle schedule)."""
-    model = ResNet9(width=config.width, dtype=jnp.dtype(config.dtype),
-                    rngs=nnx.Rngs(config.seed))
+    model = ResNet9(width=config.width, dtype=jnp.dtype(config.dtype), rngs=nnx.Rngs(config.seed))
     total = max(1, config.epochs * steps_per_epoch)
     warmup = max(1, int(config.warmup_fraction * total))
     schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, config.peak_learning_rate, warmup),
-         optax.linear_schedule(config.peak_learning_rate, 0.0, max(1, total - warmup))],
+        [
+            optax.linear_schedule(0.0, config.peak_learning_rate, warmup),
+            optax.linear_schedule(config.peak_learning_rate, 0.0, max(1, total - warmup)),
+        ],
         [warmup],
     )
     tx = optax.chain(
@@ -121,14 +122,27 @@ def train_and_evaluate(config: Config, data, workdir: pathlib.Path, progress: bo
         key, perm_key = jax.random.split(key)
         order = jax.random.permutation(perm_key, len(train_images))
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
-                   unit="batch", disable=not progress, file=sys.stderr)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="batch",
+            disable=not progress,
+            file=sys.stderr,
+        )
         start = time.perf_counter()
         for step in bar:
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             key, step_key = jax.random.split(key)
-            losses.append(train_step(model, optimizer, train_images[idx], train_labels[idx],
-                                     step_key, config.label_smoothing))
+            losses.append(
+                train_step(
+                    model,
+                    optimizer,
+                    train_images[idx],
+                    train_labels[idx],
+                    step_key,
+                    config.label_smoothing,
+                )
+            )
             if step % 10 == 9 or step == steps_per_epoch - 1:
                 seen = (step + 1) * config.batch_size
                 rate = seen / (time.perf_counter() - start)
@@ -145,9 +159,11 @@ def train_and_evaluate(config: Config, data, workdir: pathlib.Path, progress: bo
             "step_seconds": seconds / steps_per_epoch,
         }
         history.append(record)
-        print(f"epoch {epoch}: train loss {train_loss:.4f}, test loss {test_loss:.4f}, "
-              f"test accuracy {test_accuracy:.4f}, {record['images_per_second']:,.0f} images/s",
-              flush=True)
+        print(
+            f"epoch {epoch}: train loss {train_loss:.4f}, test loss {test_loss:.4f}, "
+            f"test accuracy {test_accuracy:.4f}, {record['images_per_second']:,.0f} images/s",
+            flush=True,
+        )
     write_outputs(workdir, config, history)
     return history
 
@@ -189,22 +205,45 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train ResNet-9 on CIFAR-10 with jaxloss.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"),
-                        help="folder with cifar-10-batches-py/ (downloaded there if absent)")
-    parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/cifar10"),
-                        help="where metrics.json and curves.png are written")
+    parser.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        default=pathlib.Path("data"),
+        help="folder with cifar-10-batches-py/ (downloaded there if absent)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=pathlib.Path,
+        default=pathlib.Path("runs/cifar10"),
+        help="where metrics.json and curves.png are written",
+    )
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=defaults.peak_learning_rate,
-                        help="peak of the one-cycle schedule")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=defaults.peak_learning_rate,
+        help="peak of the one-cycle schedule",
+    )
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--width", type=int, default=defaults.width,
-                        help="channels of the first stage (64 in ResNet-9)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=defaults.dtype,
-                        help="compute dtype of the network (parameters stay float32)")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=defaults.width,
+        help="channels of the first stage (64 in ResNet-9)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=defaults.dtype,
+        help="compute dtype of the network (parameters stay float32)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--no-download", action="store_true",
-                        help="fail instead of downloading when the data is absent")
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="fail instead of downloading when the data is absent",
+    )
     parser.add_argument("--download-url", default=pipeline.URL, help=argparse.SUPPRESS)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
@@ -218,18 +257,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    config = Config(epochs=args.epochs, batch_size=args.batch_size,
-                    peak_learning_rate=args.learning_rate,
-                    label_smoothing=args.label_smoothing, width=args.width, dtype=args.dtype,
-                    seed=args.seed)
+    config = Config(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        peak_learning_rate=args.learning_rate,
+        label_smoothing=args.label_smoothing,
+        width=args.width,
+        dtype=args.dtype,
+        seed=args.seed,
+    )
     try:
-        data = pipeline.load(args.data_dir, allow_download=not args.no_download,
-                             url=args.download_url)
+        data = pipeline.load(
+            args.data_dir, allow_download=not args.no_download, url=args.download_url
+        )
     except pipeline.DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"CIFAR-10: {len(data[0])} training and {len(data[2])} test images; "
-          f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}", flush=True)
+    print(
+        f"CIFAR-10: {len(data[0])} training and {len(data[2])} test images; "
+        f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}",
+        flush=True,
+    )
     history = train_and_evaluate(config, data, args.workdir, progress=not args.no_progress)
     print(f"metrics: {args.workdir / 'metrics.json'}, curves: {args.workdir / 'curves.png'}")
     accuracy = history[-1]["test_accuracy"]

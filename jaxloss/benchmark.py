@@ -1,0 +1,366 @@
+"""Benchmarks: ``python -m jaxloss.benchmark [losses|linear|all] [options]``.
+
+``losses``: value-and-gradient time of jaxloss against optax's equivalent and the
+copy floor (a jitted ``x * 2``: one read and one write of the logits), run
+interleaved A/B/C in one process so that drift on a shared machine hits all
+three alike, with the bandwidth each achieves.
+
+``linear``: ``linear_cross_entropy`` against the unfused
+``cross_entropy(x @ w, t)``: XLA's compiled temporary bytes (deterministic) and
+interleaved median times of value-and-gradient.
+
+Ratios, not absolute times, are the figures to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+import jaxloss as jl
+
+DEFAULT_LOSS_SIZES = ((4096, 32768),)
+DEFAULT_LINEAR_SHAPES = ((2048, 512, 32768), (8192, 512, 65536), (8192, 2048, 128256))
+SMOKE_LOSS_SIZES = ((64, 256),)
+SMOKE_LINEAR_SHAPES = ((64, 32, 512),)
+
+
+def _block(tree):
+    return jax.tree.map(lambda a: a.block_until_ready(), tree)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each thunk, calling them in rotating order ``repeats`` times."""
+    for fn in fns.values():  # compile and warm up
+        _block(fn())
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            _block(fns[name]())
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _environment() -> dict:
+    device = jax.devices()[0]
+    return {
+        "date": datetime.date.today().isoformat(),
+        "backend": jax.default_backend(),
+        "device": f"{device.device_kind} x{jax.device_count()}",
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+def _loss_cases(n: int, c: int, dtype):
+    """(name, jaxloss fn, baseline fn, baseline name, operands, bytes that must move)."""
+    try:
+        import optax
+    except ImportError:  # the core package does not depend on optax
+        optax = None
+    keys = jax.random.split(jax.random.key(0), 3)
+    logits = jax.random.normal(keys[0], (n, c), jnp.float32).astype(dtype)
+    labels = jax.random.randint(keys[1], (n,), 0, c)
+    probs = jax.nn.softmax(jax.random.normal(keys[2], (n, c), jnp.float32)).astype(dtype)
+    binary = (jax.random.uniform(keys[2], (n, c)) < 0.5).astype(dtype)
+    cotangent = jnp.ones((n, c), dtype)
+    item = jnp.dtype(dtype).itemsize
+    size = n * c * item
+
+    def vg(fn):
+        return jax.jit(jax.value_and_grad(fn))
+
+    def vjp(fn):
+        def run(x, ct):
+            y, pullback = jax.vjp(fn, x)
+            return y, pullback(ct)[0]
+
+        return jax.jit(run)
+
+    cases = []
+    optax_ce = (
+        (lambda x, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x, y)))
+        if optax
+        else None
+    )
+    cases.append(
+        (
+            "cross_entropy (index)",
+            vg(lambda x, y: jl.cross_entropy(x, y)),
+            vg(optax_ce) if optax else None,
+            "optax int-label CE",
+            (logits, labels),
+            2 * size,
+        )
+    )
+    optax_soft = (lambda x, t: jnp.mean(optax.softmax_cross_entropy(x, t))) if optax else None
+    cases.append(
+        (
+            "cross_entropy (probs)",
+            vg(lambda x, t: jl.cross_entropy(x, t)),
+            vg(optax_soft) if optax else None,
+            "optax softmax CE",
+            (logits, probs),
+            3 * size,
+        )
+    )
+    optax_bce = (lambda x, t: jnp.mean(optax.sigmoid_binary_cross_entropy(x, t))) if optax else None
+    cases.append(
+        (
+            "bce_with_logits",
+            vg(lambda x, t: jl.binary_cross_entropy_with_logits(x, t)),
+            vg(optax_bce) if optax else None,
+            "optax sigmoid BCE",
+            (logits, binary),
+            3 * size,
+        )
+    )
+    cases.append(
+        (
+            "log_softmax (fwd+vjp)",
+            vjp(jl.log_softmax),
+            vjp(jax.nn.log_softmax),
+            "jax.nn.log_softmax",
+            (logits, cotangent),
+            4 * size,
+        )
+    )
+    return cases, logits
+
+
+def run_losses(sizes, dtypes, repeats: int) -> list[dict]:
+    rows = []
+    copy = jax.jit(lambda x: x * 2)
+    for n, c in sizes:
+        for dtype in dtypes:
+            cases, logits = _loss_cases(n, c, dtype)
+            floor_bytes = 2 * n * c * jnp.dtype(dtype).itemsize
+            for name, ours, baseline, baseline_name, operands, moved in cases:
+                fns = {"jaxloss": partial(ours, *operands), "copy": partial(copy, logits)}
+                if baseline is not None:
+                    fns["baseline"] = partial(baseline, *operands)
+                times = interleaved_medians(fns, repeats)
+                row = {
+                    "benchmark": name,
+                    "shape": [n, c],
+                    "dtype": jnp.dtype(dtype).name,
+                    "jaxloss_s": times["jaxloss"],
+                    "copy_s": times["copy"],
+                    "baseline": baseline_name,
+                    "baseline_s": times.get("baseline"),
+                    "jaxloss_vs_copy": times["jaxloss"] / times["copy"],
+                    "jaxloss_vs_baseline": (
+                        times["jaxloss"] / times["baseline"] if "baseline" in times else None
+                    ),
+                    "jaxloss_GBps": moved / times["jaxloss"] / 1e9,
+                    "copy_GBps": floor_bytes / times["copy"] / 1e9,
+                    "bytes_moved": moved,
+                }
+                rows.append(row)
+                _print_loss_row(row)
+    return rows
+
+
+def _print_loss_row(row) -> None:
+    base = (
+        f"{row['baseline_s'] * 1e3:9.2f} ms ({row['jaxloss_vs_baseline']:.2f}x)"
+        if row["baseline_s"]
+        else "        n/a"
+    )
+    print(
+        f"{row['benchmark']:<24} {str(tuple(row['shape'])):>15} {row['dtype']:>8}  "
+        f"jaxloss {row['jaxloss_s'] * 1e3:9.2f} ms  {row['baseline']}: {base}  "
+        f"copy {row['copy_s'] * 1e3:8.2f} ms  jaxloss/copy {row['jaxloss_vs_copy']:.2f}  "
+        f"{row['jaxloss_GBps']:.1f} GB/s (copy {row['copy_GBps']:.1f})",
+        flush=True,
+    )
+
+
+def compiled_temp_bytes(fn, *args) -> int:
+    compiled = jax.jit(fn).lower(*args).compile()
+    return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def run_linear(shapes, dtypes, repeats: int, time_limit_flops: float) -> list[dict]:
+    rows = []
+    for n, h, v in shapes:
+        for dtype in dtypes:
+            x = jax.ShapeDtypeStruct((n, h), dtype)
+            w = jax.ShapeDtypeStruct((h, v), dtype)
+            y = jax.ShapeDtypeStruct((n,), jnp.int32)
+
+            def fused(x, w, y):
+                return jl.linear_cross_entropy(x, w, y)
+
+            def naive(x, w, y):
+                return jl.cross_entropy(jnp.matmul(x, w, preferred_element_type=jnp.float32), y)
+
+            fused_vg = jax.value_and_grad(fused, argnums=(0, 1))
+            naive_vg = jax.value_and_grad(naive, argnums=(0, 1))
+            row = {
+                "benchmark": "linear_cross_entropy",
+                "shape": [n, h, v],
+                "dtype": jnp.dtype(dtype).name,
+                "fused_temp_bytes": compiled_temp_bytes(fused_vg, x, w, y),
+                "naive_temp_bytes": compiled_temp_bytes(naive_vg, x, w, y),
+                "logits_bytes": n * v * 4,
+                "floor_bytes": (n * h + h * v) * jnp.dtype(dtype).itemsize + n * 4,
+            }
+            row["temp_ratio"] = row["fused_temp_bytes"] / row["naive_temp_bytes"]
+            flops = 6 * n * h * v
+            if flops <= time_limit_flops:
+                keys = jax.random.split(jax.random.key(1), 3)
+                xv = jax.random.normal(keys[0], (n, h), jnp.float32).astype(dtype)
+                wv = (jax.random.normal(keys[1], (h, v), jnp.float32) / h**0.5).astype(dtype)
+                yv = jax.random.randint(keys[2], (n,), 0, v)
+                fns = {
+                    "fused": partial(jax.jit(fused_vg), xv, wv, yv),
+                    "naive": partial(jax.jit(naive_vg), xv, wv, yv),
+                }
+                times = interleaved_medians(fns, repeats)
+                row.update(
+                    fused_s=times["fused"],
+                    naive_s=times["naive"],
+                    time_ratio=times["fused"] / times["naive"],
+                    fused_TFLOPs=flops / times["fused"] / 1e12,
+                )
+            rows.append(row)
+            _print_linear_row(row)
+    return rows
+
+
+def _print_linear_row(row) -> None:
+    mib = 2**20
+    timing = (
+        f"  time fused {row['fused_s']:.3f} s  naive {row['naive_s']:.3f} s  "
+        f"ratio {row['time_ratio']:.2f}"
+        if "fused_s" in row
+        else "  (not timed)"
+    )
+    print(
+        f"linear_cross_entropy {str(tuple(row['shape'])):>22} {row['dtype']:>8}  temp bytes: "
+        f"fused {row['fused_temp_bytes'] / mib:9.1f} MiB  naive "
+        f"{row['naive_temp_bytes'] / mib:9.1f} MiB  ratio {row['temp_ratio']:.4f}{timing}",
+        flush=True,
+    )
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = result.get("losses", [])
+    linear = result.get("linear", [])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    labels = [f"{r['benchmark']}\n{tuple(r['shape'])} {r['dtype']}" for r in losses]
+    positions = range(len(losses))
+    axes[0].barh(
+        [p - 0.2 for p in positions],
+        [r["jaxloss_vs_copy"] for r in losses],
+        height=0.4,
+        label="jaxloss / copy floor",
+    )
+    axes[0].barh(
+        [p + 0.2 for p in positions],
+        [r["baseline_s"] / r["copy_s"] if r["baseline_s"] else 0 for r in losses],
+        height=0.4,
+        label="baseline / copy floor",
+    )
+    axes[0].axvline(1.0, color="k", lw=1)
+    axes[0].set_yticks(list(positions), labels, fontsize=7)
+    axes[0].set_xlabel("time relative to one read + one write of the logits")
+    axes[0].legend(fontsize=8)
+    lin_labels = [f"{tuple(r['shape'])}\n{r['dtype']}" for r in linear]
+    axes[1].bar(range(len(linear)), [r["temp_ratio"] for r in linear])
+    axes[1].axhline(1 / 16, color="r", lw=1, ls="--", label="goal: 1/16 of naive")
+    axes[1].set_xticks(range(len(linear)), lin_labels, fontsize=7)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("fused / naive compiled temp bytes")
+    axes[1].legend(fontsize=8)
+    env = result["environment"]
+    fig.suptitle(
+        f"jaxloss benchmark, {env['date']}, {env['backend']} ({env['device']}), jax {env['jax']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _parse_shapes(text: str, arity: int):
+    shapes = []
+    for part in text.split(","):
+        dims = tuple(int(d) for d in part.lower().split("x"))
+        if len(dims) != arity:
+            raise argparse.ArgumentTypeError(f"expected {arity} sizes joined by x, got {part!r}")
+        shapes.append(dims)
+    return tuple(shapes)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxloss.benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("which", nargs="?", default="all", choices=["all", "losses", "linear"])
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: _parse_shapes(s, 2),
+        default=None,
+        help="loss sizes as NxC[,NxC...]; default 4096x32768",
+    )
+    parser.add_argument(
+        "--shapes",
+        type=lambda s: _parse_shapes(s, 3),
+        default=None,
+        help="linear shapes as NxHxV[,...]",
+    )
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--max-linear-tflop",
+        type=float,
+        default=2.0,
+        help="time a linear shape only if 6*N*H*V is below this many TFLOP",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the command runs")
+    parser.add_argument("--json", dest="json_path", help="write the results to this file")
+    parser.add_argument("--plot", dest="plot_path", help="draw the ratios to this PNG")
+    args = parser.parse_args(argv)
+    dtypes = [jnp.dtype(d) for d in args.dtypes.split(",")]
+    sizes = args.sizes or (SMOKE_LOSS_SIZES if args.smoke else DEFAULT_LOSS_SIZES)
+    shapes = args.shapes or (SMOKE_LINEAR_SHAPES if args.smoke else DEFAULT_LINEAR_SHAPES)
+    repeats = 3 if args.smoke and args.repeats == 7 else args.repeats
+    result = {"environment": _environment()}
+    print(json.dumps(result["environment"]), flush=True)
+    if args.which in ("all", "losses"):
+        result["losses"] = run_losses(sizes, dtypes, repeats)
+    if args.which in ("all", "linear"):
+        result["linear"] = run_linear(shapes, dtypes, repeats, args.max_linear_tflop * 1e12)
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(result, f, indent=2)
+    if args.plot_path:
+        plot(result, args.plot_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,7 +21,13 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._reduce import compute_dtype, is_zero, reduce_loss
+from jaxloss._reduce import (
+    class_weight_of,
+    compute_dtype,
+    explicit_sharding,
+    is_zero,
+    reduce_loss,
+)
 from jaxloss._softmax import max_and_sum_exp
 
 
@@ -112,6 +118,18 @@ class _IndexTerms(NamedTuple):
     log_s: jax.Array  # log sum exp(x - m) (keepdims)
 
 
+def _target_logit(x, index):
+    """``x[..., index]``: a gather, so the only full passes over ``x`` are the max and
+    the sum of exponentials. A class axis sharded in JAX's explicit sharding mode
+    cannot be gathered from without collectives, so there it is a masked sum, which
+    partitions into a per-device sum and one all-reduce of N floats."""
+    sharding = explicit_sharding(x)
+    if sharding is not None and sharding.spec[-1:] not in ((), (None,)):
+        onehot = index[..., None] == jnp.arange(x.shape[-1], dtype=index.dtype)
+        return jnp.sum(jnp.where(onehot, x, 0.0), axis=-1)
+    return jnp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
+
+
 def _index_terms(x, targets, weight, eps, ignore_index, smoothing) -> _IndexTerms:
     num_classes = x.shape[-1]
     keep = targets != ignore_index
@@ -119,10 +137,8 @@ def _index_terms(x, targets, weight, eps, ignore_index, smoothing) -> _IndexTerm
     safe = jnp.where(in_range, targets, 0)
     m, s = max_and_sum_exp(x, -1)
     lse = m[..., 0] + jnp.log(s[..., 0])
-    # A gather of the target logit, not a one-hot reduction over the classes: the
-    # only full passes over x are then the max and the sum of exponentials.
-    nll = lse - jnp.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
-    w_y = jnp.ones_like(nll) if weight is None else weight[safe]
+    nll = lse - _target_logit(x, safe)
+    w_y = jnp.ones_like(nll) if weight is None else class_weight_of(weight, safe)
     loss = w_y * nll
     smooth = live = count = total_w = None
     if smoothing:
@@ -181,7 +197,7 @@ def _index_cross_entropy_jvp(ignore_index, smoothing, primals, tangents):
         dloss = dloss + jnp.sum(grad * dx, axis=-1)
         dlse = jnp.sum(p * dx, axis=-1)
     if weight is not None and not is_zero(dweight):
-        d_w = dweight[terms.safe] * terms.nll
+        d_w = class_weight_of(dweight, terms.safe) * terms.nll
         if smoothing:
             neg_log_p = jnp.where(terms.live, terms.lse[..., None] - x, 0.0)
             d_smooth = jnp.sum(dweight * neg_log_p, axis=-1) / terms.count
@@ -210,7 +226,11 @@ def index_coefficients(
     keep = targets != ignore_index
     in_range = (targets >= 0) & (targets < num_classes)
     safe = jnp.where(in_range, targets, 0)
-    w_y = jnp.ones(targets.shape, dtype) if weight is None else weight.astype(dtype)[safe]
+    w_y = (
+        jnp.ones(targets.shape, dtype)
+        if weight is None
+        else class_weight_of(weight.astype(dtype), safe)
+    )
     element_weight = jnp.where(keep, w_y, 0.0)
     onehot = safe[..., None] == jnp.arange(num_classes, dtype=safe.dtype)
     a = jnp.where(onehot, element_weight[..., None], 0.0)
@@ -263,7 +283,7 @@ def _cross_entropy(
         loss, lse = index_cross_entropy(x, targets, weight, eps, ignore_index, smoothing)
         keep = targets != ignore_index
         in_range = (targets >= 0) & (targets < num_classes)
-        w_y = 1.0 if weight is None else weight[jnp.where(in_range, targets, 0)]
+        w_y = 1.0 if weight is None else class_weight_of(weight, jnp.where(in_range, targets, 0))
         denominator = jnp.sum(jnp.where(keep, w_y, 0.0) * jnp.ones(targets.shape, dtype))
     else:
         t = jnp.moveaxis(targets, axis, -1).astype(dtype)

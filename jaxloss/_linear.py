@@ -32,11 +32,18 @@ from jax.typing import ArrayLike
 
 from jaxloss import _checks
 from jaxloss._classification import index_coefficients, softmax_cross_entropy, xent_terms
-from jaxloss._reduce import compute_dtype, is_zero, safe_divide
+from jaxloss._reduce import (
+    class_weight_of,
+    compute_dtype,
+    explicit_sharding,
+    is_zero,
+    safe_divide,
+)
 from jaxloss._softmax import max_and_sum_exp
 
-# One chunk's float32 logits take at most this many bytes unless chunk_size says otherwise.
-CHUNK_BYTES = 32 * 2**20
+# One chunk's float32 logits take at most this many bytes unless chunk_size says otherwise:
+# small enough that a handful of chunk-sized temporaries stay well below the weight gradient.
+CHUNK_BYTES = 16 * 2**20
 
 
 def auto_chunk_size(num_tokens: int, vocab_size: int) -> int:
@@ -111,13 +118,44 @@ def _chunk_loss(x_c, y_c, w, bias, consts, static):
     return loss
 
 
+def _split(a, chunk):
+    """``[n, ...]`` -> ``[n // chunk, chunk, ...]``.
+
+    Chunks are contiguous rows, except for an array sharded in JAX's explicit mode:
+    there chunk ``j`` holds rows ``j, j + n/chunk, ...``, so that each device's
+    contiguous block of rows becomes a block of every chunk and no row moves
+    between devices (a contiguous split would need an all-to-all, which explicit
+    mode will not insert on its own).
+    """
+    count = a.shape[0] // chunk
+    sharding = explicit_sharding(a)
+    if sharding is None:
+        return a.reshape(count, chunk, *a.shape[1:])
+    spec = (*sharding.spec, *(None,) * (a.ndim - len(sharding.spec)))
+    out = jax.sharding.NamedSharding(sharding.mesh, jax.P(spec[0], None, *spec[1:]))
+    return jnp.moveaxis(jax.lax.reshape(a, (chunk, count, *a.shape[1:]), out_sharding=out), 1, 0)
+
+
+def _merge(a, n):
+    """Inverse of ``_split`` (dropping the padding): ``[count, chunk, ...]`` -> ``[n, ...]``."""
+    sharding = explicit_sharding(a)
+    if sharding is None:
+        return a.reshape(-1, *a.shape[2:])[:n]
+    merged = jnp.moveaxis(a, 0, 1)
+    spec = (*sharding.spec, *(None,) * (a.ndim - len(sharding.spec)))
+    out = jax.sharding.NamedSharding(sharding.mesh, jax.P(spec[1], *spec[2:]))
+    shape = (merged.shape[0] * merged.shape[1], *merged.shape[2:])
+    return jax.lax.reshape(merged, shape, out_sharding=out)[:n]
+
+
 def _chunked(x, targets, static):
     """Splits the tokens into chunks, padding the tail with ignored tokens."""
     n, chunk = x.shape[0], static.chunk
     padded = -(-n // chunk) * chunk
-    xs = jnp.pad(x, ((0, padded - n), (0, 0))).reshape(padded // chunk, chunk, x.shape[1])
-    ys = jnp.pad(targets, (0, padded - n), constant_values=static.ignore_index)
-    return xs, ys.reshape(padded // chunk, chunk)
+    if padded != n:
+        x = jnp.pad(x, ((0, padded - n), (0, 0)))
+        targets = jnp.pad(targets, (0, padded - n), constant_values=static.ignore_index)
+    return _split(x, chunk), _split(targets, chunk)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
@@ -135,7 +173,6 @@ def _fused_sum(x, w, bias, targets, consts, scale, static):
 def _fused_sum_and_grads(x, w, bias, targets, consts, scale, static):
     """The scaled loss and its gradients for x, w and bias, in one pass over the chunks."""
     n, hidden = x.shape
-    vocab = w.shape[1]
     matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
     xs, ys = _chunked(x, targets, static)
 
@@ -145,14 +182,21 @@ def _fused_sum_and_grads(x, w, bias, targets, consts, scale, static):
         loss, g = _chunk_loss_and_logit_grad(x_c, y_c, w, bias, consts, static)
         g = g * scale
         g_mm = g.astype(matmul_dtype)
-        dx_c = jnp.matmul(g_mm, w.T, preferred_element_type=static.acc_dtype)
-        dw = dw + jnp.matmul(x_c.T, g_mm, preferred_element_type=static.acc_dtype)
+        # Both products contract a possibly sharded axis (V, or the tokens): under
+        # explicit sharding they must name their output's sharding, that of x and w.
+        dx_c = jnp.matmul(
+            g_mm, w.T, preferred_element_type=static.acc_dtype, out_sharding=explicit_sharding(x_c)
+        )
+        dw = dw + jnp.matmul(
+            x_c.T, g_mm, preferred_element_type=static.acc_dtype, out_sharding=explicit_sharding(w)
+        )
         return (total + jnp.sum(loss), dw, db + jnp.sum(g, axis=0)), dx_c.astype(x.dtype)
 
     acc = static.acc_dtype
-    init = (jnp.zeros((), acc), jnp.zeros((hidden, vocab), acc), jnp.zeros((vocab,), acc))
+    # zeros_like: the accumulators keep w's sharding under explicit sharding.
+    init = (jnp.zeros((), acc), jnp.zeros_like(w, dtype=acc), jnp.zeros_like(w[0], dtype=acc))
     (total, dw, db), dxs = jax.lax.scan(body, init, (xs, ys))
-    return total * scale, dxs.reshape(-1, hidden)[:n], dw.astype(w.dtype), db
+    return total * scale, _merge(dxs, n), dw.astype(w.dtype), db
 
 
 def _fused_sum_jvp(static, primals, tangents):
@@ -185,7 +229,7 @@ def _per_token_loss(x, w, bias, targets, consts, static):
         return None, chunk_loss(*chunk_in, w, bias, consts, static)
 
     _, losses = jax.lax.scan(body, None, (xs, ys))
-    return losses.reshape(-1)[: x.shape[0]]
+    return _merge(losses, x.shape[0])
 
 
 @functools.partial(
@@ -235,7 +279,9 @@ def _linear_cross_entropy(
         if consts.weight is None:
             element_weight = keep.astype(acc)
         else:
-            element_weight = jnp.where(keep, consts.weight[jnp.clip(y, 0, vocab - 1)], 0.0)
+            element_weight = jnp.where(
+                keep, class_weight_of(consts.weight, jnp.clip(y, 0, vocab - 1)), 0.0
+            )
         scale = safe_divide(jnp.ones((), acc), jnp.sum(element_weight))
     return _fused_sum(x2, w, bias, y, consts, scale, static).astype(out_dtype)
 

@@ -17,6 +17,27 @@ def is_zero(tangent) -> bool:
     return isinstance(tangent, SymbolicZero)
 
 
+def explicit_sharding(x):
+    """The sharding of ``x`` under JAX's explicit sharding mode, else None.
+
+    Operations whose output sharding JAX cannot infer in that mode (a gather or a
+    contraction along a sharded axis) pass it as ``out_sharding``.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    axis_types = getattr(getattr(sharding, "mesh", None), "axis_types", ())
+    if any(t == jax.sharding.AxisType.Explicit for t in axis_types):
+        return sharding
+    return None
+
+
+def class_weight_of(weight: jax.Array, index: jax.Array) -> jax.Array:
+    """``weight[index]`` (in range), sharded like ``index`` under explicit sharding."""
+    sharding = explicit_sharding(index)
+    if sharding is None:
+        return weight[index]
+    return weight.at[index].get(out_sharding=sharding)
+
+
 def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     """``numerator / denominator``, and 0 (with zero gradient) where the denominator is 0.
 

@@ -1,0 +1,107 @@
+"""Runs jaxloss on 8 host CPU devices and prints one JSON line per case.
+
+Executed by tests/test_sharding.py in a subprocess, because the device count must
+be set before JAX is first imported.
+"""
+
+import json
+import os
+import re
+import sys
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import jaxloss as jl  # noqa: E402
+
+N, H, V = 48, 16, 1024  # V appears in no other shape, so it identifies vocabulary-wide arrays
+
+
+def vocab_wide_gathers(hlo: str) -> list[str]:
+    lines = [line for line in hlo.splitlines() if re.search(r"all-gather(-start)?\(", line)]
+    return [line.strip()[:200] for line in lines if re.search(rf"[\[,]{V}[\],]", line)]
+
+
+def loss_cases(x, y, t, weight):
+    return {
+        "cross_entropy": (lambda x: jl.cross_entropy(x, y), x),
+        "cross_entropy_smoothing_weight": (
+            lambda x: jl.cross_entropy(x, y, label_smoothing=0.1, weight=weight),
+            x,
+        ),
+        "cross_entropy_probs": (lambda x: jl.cross_entropy(x, t, label_smoothing=0.1), x),
+        "cross_entropy_z_loss": (lambda x: jl.cross_entropy(x, y, z_loss=1e-3), x),
+        "nll_loss": (lambda x: jl.nll_loss(jl.log_softmax(x), y), x),
+        "log_softmax": (lambda x: jnp.sum(jl.log_softmax(x) * t), x),
+        "bce_with_logits": (lambda x: jl.binary_cross_entropy_with_logits(x, t), x),
+        "kl_div": (lambda x: jl.kl_div(jl.log_softmax(x), t, reduction="batchmean"), x),
+    }
+
+
+def run(mode_name: str) -> None:
+    mode = getattr(jax.sharding.AxisType, mode_name)
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(keys[0], (N, V))
+    y = jax.random.randint(keys[1], (N,), 0, V).at[3].set(-100)
+    t = jax.nn.softmax(jax.random.normal(keys[2], (N, V)))
+    hidden = jax.random.normal(keys[3], (N, H))
+    w = jax.random.normal(keys[2], (H, V)) / 4
+    layouts = {
+        "data": (jax.make_mesh((8,), ("d",), axis_types=(mode,)), P("d", None), P("d")),
+        "vocab": (jax.make_mesh((8,), ("v",), axis_types=(mode,)), P(None, "v"), P()),
+        "data+vocab": (
+            jax.make_mesh((2, 4), ("d", "v"), axis_types=(mode, mode)), P("d", "v"), P("d")
+        ),
+    }
+    for layout, (mesh, logits_spec, row_spec) in layouts.items():
+        put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
+        ys, ts = put(y, row_spec), put(t, logits_spec)
+        # Class weights are V floats: kept replicated, every device looks up its rows' own.
+        weight = jnp.linspace(0.5, 1.0, V)
+        for name, (fn, arg) in loss_cases(x, ys, ts, put(weight, P())).items():
+            f = jax.jit(jax.value_and_grad(fn))
+            sharded_arg = put(arg, logits_spec)
+            hlo = f.lower(sharded_arg).compile().as_text()
+            value, grad = f(sharded_arg)
+            ref_fn = loss_cases(x, y, t, weight)[name][0]
+            ref_value, ref_grad = jax.value_and_grad(ref_fn)(x)
+            report(mode_name, layout, name, value, grad, ref_value, ref_grad, hlo)
+        w_spec = P(None, logits_spec[1])
+        x_spec = P(logits_spec[0], None)
+        for reduction in ("mean", "none"):
+
+            def linear(h, w, y, reduction=reduction):
+                out = jl.linear_cross_entropy(h, w, y, reduction=reduction, chunk_size=16,
+                                              label_smoothing=0.1)
+                return jnp.sum(out)
+
+            f = jax.jit(jax.value_and_grad(linear, argnums=(0, 1)))
+            args = (put(hidden, x_spec), put(w, w_spec), ys)
+            hlo = f.lower(*args).compile().as_text()
+            value, grads = f(*args)
+            ref_value, ref_grads = jax.value_and_grad(linear, argnums=(0, 1))(hidden, w, y)
+            report(mode_name, layout, f"linear_cross_entropy_{reduction}", value, grads,
+                   ref_value, ref_grads, hlo)
+
+
+def report(mode, layout, name, value, grad, ref_value, ref_grad, hlo):
+    errors = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grad, ref_grad)
+    print(json.dumps({
+        "mode": mode, "layout": layout, "case": name,
+        "value_error": float(abs(value - ref_value)), "value": float(ref_value),
+        "grad_error": max(jax.tree.leaves(errors)),
+        "vocab_wide_all_gathers": vocab_wide_gathers(hlo),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    assert jax.device_count() == 8, jax.devices()
+    for mode_name in sys.argv[1:] or ["Auto", "Explicit"]:
+        run(mode_name)

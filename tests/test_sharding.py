@@ -1,0 +1,43 @@
+"""Losses on 8 host CPU devices: equal to the unsharded results, and no
+vocabulary-wide all-gather in the compiled program (tests/sharded_cases.py)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).with_name("sharded_cases.py")
+ROOT = SCRIPT.parents[1]
+
+
+@pytest.fixture(scope="module")
+def results():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
+                          timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_every_layout_and_mode_ran(results):
+    seen = {(r["mode"], r["layout"]) for r in results}
+    assert seen == {(m, lay) for m in ("Auto", "Explicit")
+                    for lay in ("data", "vocab", "data+vocab")}
+    cases = {r["case"] for r in results}
+    assert {"cross_entropy", "linear_cross_entropy_mean", "linear_cross_entropy_none"} <= cases
+    assert len(results) == 2 * 3 * 10
+
+
+def test_sharded_results_equal_unsharded(results):
+    for r in results:
+        scale = max(1.0, abs(r["value"]))
+        assert r["value_error"] <= 1e-5 * scale, r
+        assert r["grad_error"] <= 1e-5, r
+
+
+def test_no_vocabulary_wide_all_gather(results):
+    offenders = [r for r in results if r["vocab_wide_all_gathers"]]
+    assert not offenders, offenders[:3]

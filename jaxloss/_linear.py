@@ -184,8 +184,14 @@ def _fused_sum_and_grads(x, w, bias, targets, consts, scale, static):
         g_mm = g.astype(matmul_dtype)
         # Both products contract a possibly sharded axis (V, or the tokens): under
         # explicit sharding they must name their output's sharding, that of x and w.
-        dx_c = jnp.matmul(
-            g_mm, w.T, preferred_element_type=static.acc_dtype, out_sharding=explicit_sharding(x_c)
+        # Contract w's vocabulary axis in place: ``g @ w.T`` would have XLA keep a
+        # transposed copy of w (V x H) alive for the whole loop.
+        dx_c = jax.lax.dot_general(
+            g_mm,
+            w,
+            (((1,), (1,)), ((), ())),
+            preferred_element_type=static.acc_dtype,
+            out_sharding=explicit_sharding(x_c),
         )
         dw = dw + jnp.matmul(
             x_c.T, g_mm, preferred_element_type=static.acc_dtype, out_sharding=explicit_sharding(w)

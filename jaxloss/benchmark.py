@@ -195,6 +195,47 @@ def compiled_temp_bytes(fn, *args) -> int:
     return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
+_RSS_SCRIPT = """
+import sys, jax, jax.numpy as jnp, jaxloss as jl
+n, h, v = map(int, sys.argv[1:4])
+variant, dtype = sys.argv[4:6]
+keys = jax.random.split(jax.random.key(0), 3)
+x = jax.random.normal(keys[0], (n, h)).astype(dtype)
+w = (jax.random.normal(keys[1], (h, v)) / h**0.5).astype(dtype)
+y = jax.random.randint(keys[2], (n,), 0, v)
+if variant == "fused":
+    loss = lambda x, w: jl.linear_cross_entropy(x, w, y)
+else:
+    loss = lambda x, w: jl.cross_entropy(jnp.matmul(x, w, preferred_element_type=jnp.float32), y)
+step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, w).compile()
+def rss_kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1])
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak-RSS counter: compilation is not counted
+before = rss_kib("VmRSS:")
+jax.block_until_ready(step(x, w))
+print((rss_kib("VmHWM:") - before) * 1024)
+"""
+
+
+def peak_rss_growth(n: int, h: int, v: int, variant: str, dtype) -> int | None:
+    """Bytes by which one value-and-gradient call grows the peak RSS of a fresh process
+    (inputs made and the program compiled first); the figure quoted for PyTorch."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(n), str(h), str(v), variant, jnp.dtype(dtype).name],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
 def run_linear(shapes, dtypes, repeats: int, time_limit_flops: float) -> list[dict]:
     rows = []
     for n, h, v in shapes:

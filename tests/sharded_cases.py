@@ -57,7 +57,9 @@ def run(mode_name: str) -> None:
         "data": (jax.make_mesh((8,), ("d",), axis_types=(mode,)), P("d", None), P("d")),
         "vocab": (jax.make_mesh((8,), ("v",), axis_types=(mode,)), P(None, "v"), P()),
         "data+vocab": (
-            jax.make_mesh((2, 4), ("d", "v"), axis_types=(mode, mode)), P("d", "v"), P("d")
+            jax.make_mesh((2, 4), ("d", "v"), axis_types=(mode, mode)),
+            P("d", "v"),
+            P("d"),
         ),
     }
     for layout, (mesh, logits_spec, row_spec) in layouts.items():
@@ -78,8 +80,9 @@ def run(mode_name: str) -> None:
         for reduction in ("mean", "none"):
 
             def linear(h, w, y, reduction=reduction):
-                out = jl.linear_cross_entropy(h, w, y, reduction=reduction, chunk_size=16,
-                                              label_smoothing=0.1)
+                out = jl.linear_cross_entropy(
+                    h, w, y, reduction=reduction, chunk_size=16, label_smoothing=0.1
+                )
                 return jnp.sum(out)
 
             f = jax.jit(jax.value_and_grad(linear, argnums=(0, 1)))
@@ -87,18 +90,34 @@ def run(mode_name: str) -> None:
             hlo = f.lower(*args).compile().as_text()
             value, grads = f(*args)
             ref_value, ref_grads = jax.value_and_grad(linear, argnums=(0, 1))(hidden, w, y)
-            report(mode_name, layout, f"linear_cross_entropy_{reduction}", value, grads,
-                   ref_value, ref_grads, hlo)
+            report(
+                mode_name,
+                layout,
+                f"linear_cross_entropy_{reduction}",
+                value,
+                grads,
+                ref_value,
+                ref_grads,
+                hlo,
+            )
 
 
 def report(mode, layout, name, value, grad, ref_value, ref_grad, hlo):
     errors = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grad, ref_grad)
-    print(json.dumps({
-        "mode": mode, "layout": layout, "case": name,
-        "value_error": float(abs(value - ref_value)), "value": float(ref_value),
-        "grad_error": max(jax.tree.leaves(errors)),
-        "vocab_wide_all_gathers": vocab_wide_gathers(hlo),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "layout": layout,
+                "case": name,
+                "value_error": float(abs(value - ref_value)),
+                "value": float(ref_value),
+                "grad_error": max(jax.tree.leaves(errors)),
+                "vocab_wide_all_gathers": vocab_wide_gathers(hlo),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -16,16 +16,18 @@ ROOT = SCRIPT.parents[1]
 @pytest.fixture(scope="module")
 def results():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                          timeout=900, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=900, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
 def test_every_layout_and_mode_ran(results):
     seen = {(r["mode"], r["layout"]) for r in results}
-    assert seen == {(m, lay) for m in ("Auto", "Explicit")
-                    for lay in ("data", "vocab", "data+vocab")}
+    assert seen == {
+        (m, lay) for m in ("Auto", "Explicit") for lay in ("data", "vocab", "data+vocab")
+    }
     cases = {r["case"] for r in results}
     assert {"cross_entropy", "linear_cross_entropy_mean", "linear_cross_entropy_none"} <= cases
     assert len(results) == 2 * 3 * 10

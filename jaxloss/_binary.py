@@ -67,6 +67,14 @@ def _binary_targets(name: str, x: jax.Array, targets) -> jax.Array:
     return _checks.same_shape("targets", targets, x.shape, f"the {name}'")
 
 
+def _elementwise_weight(name, weight, shape, what):
+    """None, or a floating array that broadcasts to ``shape`` without growing it."""
+    if weight is None:
+        return None
+    weight = _checks.floating_input(name, weight)
+    return _checks.broadcastable_to(name, weight, shape, what)
+
+
 def binary_cross_entropy_with_logits(
     logits: ArrayLike,
     targets: ArrayLike,
@@ -126,14 +134,10 @@ def binary_cross_entropy_with_logits(
     """
     logits = _checks.floating_input("logits", logits)
     targets = _binary_targets("logits", logits, targets)
-    if weight is not None:
-        weight = _checks.floating_input("weight", weight)
-        weight = _checks.broadcastable_to("weight", weight, logits.shape, "the logits'")
-    if pos_weight is not None:
-        pos_weight = _checks.floating_input("pos_weight", pos_weight)
-        pos_weight = _checks.broadcastable_to(
-            "pos_weight", pos_weight, logits.shape, "the logits' (aligned on the last axis)"
-        )
+    weight = _elementwise_weight("weight", weight, logits.shape, "the logits'")
+    pos_weight = _elementwise_weight(
+        "pos_weight", pos_weight, logits.shape, "the logits' (aligned on the last axis)"
+    )
     return _bce_logits(logits, targets, weight, pos_weight, reduction=_checks.reduction(reduction))
 
 
@@ -233,7 +237,5 @@ def binary_cross_entropy(
     """
     probs = _checks.floating_input("probs", probs)
     targets = _binary_targets("probs", probs, targets)
-    if weight is not None:
-        weight = _checks.floating_input("weight", weight)
-        weight = _checks.broadcastable_to("weight", weight, probs.shape, "the probs'")
+    weight = _elementwise_weight("weight", weight, probs.shape, "the probs'")
     return _bce(probs, targets, weight, reduction=_checks.reduction(reduction))

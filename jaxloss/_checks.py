@@ -106,6 +106,21 @@ def nonnegative_scalar(name: str, value, *, strict: bool = False) -> jax.Array:
     return value
 
 
+def logit_options(label_smoothing, z_loss, logit_softcap):
+    """Checks the options shared by ``cross_entropy`` and ``linear_cross_entropy``.
+
+    Returns them as arrays, plus whether smoothing and the z-loss can be on: a
+    value known at trace time to be 0 turns its work off.
+    """
+    smoothing = not is_static_zero(label_smoothing)
+    use_z_loss = not is_static_zero(z_loss)
+    label_smoothing = unit_interval("label_smoothing", label_smoothing)
+    z_loss = nonnegative_scalar("z_loss", z_loss)
+    if logit_softcap is not None:
+        logit_softcap = nonnegative_scalar("logit_softcap", logit_softcap, strict=True)
+    return label_smoothing, z_loss, logit_softcap, smoothing, use_z_loss
+
+
 def class_weight(weight, num_classes: int) -> jax.Array | None:
     """Per-class weights: a floating vector of length ``num_classes``."""
     if weight is None:

@@ -410,12 +410,9 @@ def cross_entropy(
         )
     reduction = _checks.reduction(reduction)
     weight = _checks.class_weight(weight, logits.shape[axis])
-    smoothing = not _checks.is_static_zero(label_smoothing)
-    use_z_loss = not _checks.is_static_zero(z_loss)
-    label_smoothing = _checks.unit_interval("label_smoothing", label_smoothing)
-    z_loss = _checks.nonnegative_scalar("z_loss", z_loss)
-    if logit_softcap is not None:
-        logit_softcap = _checks.nonnegative_scalar("logit_softcap", logit_softcap, strict=True)
+    label_smoothing, z_loss, logit_softcap, smoothing, use_z_loss = _checks.logit_options(
+        label_smoothing, z_loss, logit_softcap
+    )
     where = _checks.where_mask(where, logits.shape)
     return _cross_entropy(
         logits,

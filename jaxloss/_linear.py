@@ -214,10 +214,12 @@ def _fused_sum_jvp(static, primals, tangents):
     loss, gx, gw, gb = _fused_sum_and_grads(x, w, bias, targets, consts, scale, static)
     acc = static.acc_dtype
     dloss = jnp.zeros((), acc)
+    # Products in the inputs' dtype, sums in float32: transposed for reverse mode this is
+    # one multiplication producing a gradient of the inputs' dtype, with no float32 copy.
     if not is_zero(dx):
-        dloss = dloss + jnp.sum(gx.astype(acc) * dx.astype(acc))
+        dloss = dloss + jnp.sum(gx * dx.astype(gx.dtype), dtype=acc)
     if not is_zero(dw):
-        dloss = dloss + jnp.sum(gw.astype(acc) * dw.astype(acc))
+        dloss = dloss + jnp.sum(gw * dw.astype(gw.dtype), dtype=acc)
     if bias is not None and not is_zero(dbias):
         dloss = dloss + jnp.sum(gb * dbias.astype(acc))
     return loss, dloss
@@ -406,12 +408,9 @@ def linear_cross_entropy(
         if bias.shape != (vocab,):
             raise ValueError(f"bias must have shape ({vocab},), got {bias.shape}")
     weight = _checks.class_weight(weight, vocab)
-    smoothing = not _checks.is_static_zero(label_smoothing)
-    use_z_loss = not _checks.is_static_zero(z_loss)
-    label_smoothing = _checks.unit_interval("label_smoothing", label_smoothing)
-    z_loss = _checks.nonnegative_scalar("z_loss", z_loss)
-    if logit_softcap is not None:
-        logit_softcap = _checks.nonnegative_scalar("logit_softcap", logit_softcap, strict=True)
+    label_smoothing, z_loss, logit_softcap, smoothing, use_z_loss = _checks.logit_options(
+        label_smoothing, z_loss, logit_softcap
+    )
     if chunk_size is not None and (
         isinstance(chunk_size, bool)
         or not isinstance(chunk_size, numbers.Integral)

@@ -91,44 +91,40 @@ def _loss_cases(n: int, c: int, dtype):
 
         return jax.jit(run)
 
-    cases = []
-    optax_ce = (
-        (lambda x, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x, y)))
-        if optax
-        else None
-    )
-    cases.append(
+    def optax_mean(name):
+        return None if optax is None else lambda a, b: jnp.mean(getattr(optax, name)(a, b))
+
+    table = [
+        # name, jaxloss, baseline, baseline's name, operands, arrays of N x C moved
         (
             "cross_entropy (index)",
-            vg(lambda x, y: jl.cross_entropy(x, y)),
-            vg(optax_ce) if optax else None,
+            jl.cross_entropy,
+            optax_mean("softmax_cross_entropy_with_integer_labels"),
             "optax int-label CE",
             (logits, labels),
-            2 * size,
-        )
-    )
-    optax_soft = (lambda x, t: jnp.mean(optax.softmax_cross_entropy(x, t))) if optax else None
-    cases.append(
+            2,
+        ),
         (
             "cross_entropy (probs)",
-            vg(lambda x, t: jl.cross_entropy(x, t)),
-            vg(optax_soft) if optax else None,
+            jl.cross_entropy,
+            optax_mean("softmax_cross_entropy"),
             "optax softmax CE",
             (logits, probs),
-            3 * size,
-        )
-    )
-    optax_bce = (lambda x, t: jnp.mean(optax.sigmoid_binary_cross_entropy(x, t))) if optax else None
-    cases.append(
+            3,
+        ),
         (
             "bce_with_logits",
-            vg(lambda x, t: jl.binary_cross_entropy_with_logits(x, t)),
-            vg(optax_bce) if optax else None,
+            jl.binary_cross_entropy_with_logits,
+            optax_mean("sigmoid_binary_cross_entropy"),
             "optax sigmoid BCE",
             (logits, binary),
-            3 * size,
-        )
-    )
+            3,
+        ),
+    ]
+    cases = [
+        (name, vg(ours), None if base is None else vg(base), base_name, operands, k * size)
+        for name, ours, base, base_name, operands, k in table
+    ]
     cases.append(
         (
             "log_softmax (fwd+vjp)",
@@ -236,7 +232,9 @@ def peak_rss_growth(n: int, h: int, v: int, variant: str, dtype) -> int | None:
     return int(proc.stdout.strip().splitlines()[-1])
 
 
-def run_linear(shapes, dtypes, repeats: int, time_limit_flops: float) -> list[dict]:
+def run_linear(
+    shapes, dtypes, repeats: int, time_limit_flops: float, measure_rss: bool = True
+) -> list[dict]:
     rows = []
     for n, h, v in shapes:
         for dtype in dtypes:
@@ -279,6 +277,9 @@ def run_linear(shapes, dtypes, repeats: int, time_limit_flops: float) -> list[di
                     time_ratio=times["fused"] / times["naive"],
                     fused_TFLOPs=flops / times["fused"] / 1e12,
                 )
+                if jax.default_backend() == "cpu" and measure_rss:
+                    for variant in ("fused", "naive"):
+                        row[f"{variant}_rss_growth"] = peak_rss_growth(n, h, v, variant, dtype)
             rows.append(row)
             _print_linear_row(row)
     return rows
@@ -292,6 +293,11 @@ def _print_linear_row(row) -> None:
         if "fused_s" in row
         else "  (not timed)"
     )
+    if row.get("fused_rss_growth") and row.get("naive_rss_growth"):
+        timing += (
+            f"  peak RSS growth fused {row['fused_rss_growth'] / mib:.0f} MiB"
+            f"  naive {row['naive_rss_growth'] / mib:.0f} MiB"
+        )
     print(
         f"linear_cross_entropy {str(tuple(row['shape'])):>22} {row['dtype']:>8}  temp bytes: "
         f"fused {row['fused_temp_bytes'] / mib:9.1f} MiB  naive "
@@ -327,10 +333,10 @@ def plot(result: dict, path: str) -> None:
     axes[0].set_yticks(list(positions), labels, fontsize=7)
     axes[0].set_xlabel("time relative to one read + one write of the logits")
     axes[0].legend(fontsize=8)
-    lin_labels = [f"{tuple(r['shape'])}\n{r['dtype']}" for r in linear]
+    lin_labels = ["×".join(map(str, r["shape"])) + f"\n{r['dtype']}" for r in linear]
     axes[1].bar(range(len(linear)), [r["temp_ratio"] for r in linear])
     axes[1].axhline(1 / 16, color="r", lw=1, ls="--", label="goal: 1/16 of naive")
-    axes[1].set_xticks(range(len(linear)), lin_labels, fontsize=7)
+    axes[1].set_xticks(range(len(linear)), lin_labels, fontsize=7, rotation=25)
     axes[1].set_yscale("log")
     axes[1].set_ylabel("fused / naive compiled temp bytes")
     axes[1].legend(fontsize=8)
@@ -381,6 +387,11 @@ def main(argv=None) -> int:
         default=2.0,
         help="time a linear shape only if 6*N*H*V is below this many TFLOP",
     )
+    parser.add_argument(
+        "--no-rss",
+        action="store_true",
+        help="skip the peak-RSS measurement of linear_cross_entropy (CPU)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the command runs")
     parser.add_argument("--json", dest="json_path", help="write the results to this file")
     parser.add_argument("--plot", dest="plot_path", help="draw the ratios to this PNG")
@@ -394,7 +405,9 @@ def main(argv=None) -> int:
     if args.which in ("all", "losses"):
         result["losses"] = run_losses(sizes, dtypes, repeats)
     if args.which in ("all", "linear"):
-        result["linear"] = run_linear(shapes, dtypes, repeats, args.max_linear_tflop * 1e12)
+        result["linear"] = run_linear(
+            shapes, dtypes, repeats, args.max_linear_tflop * 1e12, measure_rss=not args.no_rss
+        )
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(result, f, indent=2)

@@ -41,6 +41,7 @@ def test_benchmark_command_smoke(tmp_path):
     for row in result["linear"]:
         assert 0 < row["fused_temp_bytes"] and 0 < row["naive_temp_bytes"]
         assert row["time_ratio"] > 0
+        assert row["fused_rss_growth"] > 0 and row["naive_rss_growth"] > 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cross_entropy (index)" in proc.stdout
 

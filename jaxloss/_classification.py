@@ -6,9 +6,13 @@ ignored elements) is the per-element loss
 
     l = sum_c a_c * (-log p_c),
 
-with ``a`` built linearly from the targets and options. One custom-JVP core
-per loss then carries the closed-form derivative, and the derivatives with
-respect to weights, smoothing and probability targets follow from ``a``.
+with ``a`` built linearly from the targets and options. For probability targets
+``a`` is built as an array and one custom-JVP core carries the closed-form
+derivative; the derivatives with respect to the targets, weights and smoothing
+follow from ``a``. For class-index targets ``a`` is a one-hot row plus a
+smoothing term, so their core (``index_cross_entropy``) never builds it: it
+gathers the target logit and writes the same formulas in closed form, which
+keeps the forward pass to two reductions over the logits.
 """
 
 from __future__ import annotations
@@ -63,9 +67,9 @@ def _softmax_cross_entropy_jvp(primals, tangents):
     dloss = jnp.zeros_like(loss)
     dlse = jnp.zeros_like(lse)
     if not is_zero(dx):
-        # exp(x - lse) rather than exp(x - m) / s: a distinct expression, so XLA does not
-        # merge it with the forward's exp(x - m) and store that N x C array between the
-        # passes; each pass then reads only the logits.
+        # exp((x - m) - log s) rather than exp(x - m) / s: a distinct expression, so XLA
+        # does not merge it with the forward's exp(x - m) and keep that N x C array
+        # between the passes; each pass then reads only the logits.
         p = jnp.where(s == 0, 0.0, jnp.exp((x - m) - jnp.log(s)))
         dx = jnp.where(x == -jnp.inf, 0.0, dx)
         grad = jnp.sum(a, axis=-1, keepdims=True) * p - a
@@ -102,6 +106,27 @@ def _weighted_nll_jvp(primals, tangents):
 _weighted_nll.defjvp(_weighted_nll_jvp, symbolic_zeros=True)
 
 
+class IndexTargets(NamedTuple):
+    """Class-index targets resolved once: which count, which are valid, their weights."""
+
+    keep: jax.Array  # not ignore_index
+    bad: jax.Array  # kept, but outside [0, C): the element becomes nan
+    safe: jax.Array  # the index, clipped into range for gathers
+    w_y: jax.Array  # the weight of each element's class (1 without weights)
+    element_weight: jax.Array  # w_y on kept elements, 0 on ignored: the mean's denominator
+
+
+def index_targets(targets, num_classes, weight, ignore_index, dtype) -> IndexTargets:
+    keep = targets != ignore_index
+    in_range = (targets >= 0) & (targets < num_classes)
+    safe = jnp.where(in_range, targets, 0)
+    if weight is None:
+        w_y = jnp.ones(targets.shape, dtype)
+    else:
+        w_y = class_weight_of(weight.astype(dtype), safe)
+    return IndexTargets(keep, keep & ~in_range, safe, w_y, jnp.where(keep, w_y, 0.0))
+
+
 class _IndexTerms(NamedTuple):
     loss: jax.Array  # per element
     lse: jax.Array
@@ -131,14 +156,10 @@ def _target_logit(x, index):
 
 
 def _index_terms(x, targets, weight, eps, ignore_index, smoothing) -> _IndexTerms:
-    num_classes = x.shape[-1]
-    keep = targets != ignore_index
-    in_range = (targets >= 0) & (targets < num_classes)
-    safe = jnp.where(in_range, targets, 0)
+    keep, bad, safe, w_y, _ = index_targets(targets, x.shape[-1], weight, ignore_index, x.dtype)
     m, s = max_and_sum_exp(x, -1)
     lse = m[..., 0] + jnp.log(s[..., 0])
     nll = lse - _target_logit(x, safe)
-    w_y = jnp.ones_like(nll) if weight is None else class_weight_of(weight, safe)
     loss = w_y * nll
     smooth = live = count = total_w = None
     if smoothing:
@@ -150,9 +171,7 @@ def _index_terms(x, targets, weight, eps, ignore_index, smoothing) -> _IndexTerm
         total_w = count if weight is None else jnp.sum(jnp.where(live, weight, 0.0), axis=-1)
         smooth = (shifted + total_w * jnp.log(s[..., 0])) / count
         loss = (1.0 - eps) * loss + eps * smooth
-    loss = jnp.where(keep, loss, 0.0)
-    bad = keep & ~in_range
-    loss = jnp.where(bad, jnp.nan, loss)
+    loss = jnp.where(bad, jnp.nan, jnp.where(keep, loss, 0.0))
     return _IndexTerms(
         loss, lse, nll, smooth, keep, bad, safe, w_y, live, count, total_w, m, jnp.log(s)
     )
@@ -223,21 +242,15 @@ def index_coefficients(
     ``element_weight`` is ``w[y]`` on kept elements and 0 on ignored ones (the
     mean's denominator terms).
     """
-    keep = targets != ignore_index
-    in_range = (targets >= 0) & (targets < num_classes)
-    safe = jnp.where(in_range, targets, 0)
-    w_y = (
-        jnp.ones(targets.shape, dtype)
-        if weight is None
-        else class_weight_of(weight.astype(dtype), safe)
+    keep, bad, safe, _, element_weight = index_targets(
+        targets, num_classes, weight, ignore_index, dtype
     )
-    element_weight = jnp.where(keep, w_y, 0.0)
     onehot = safe[..., None] == jnp.arange(num_classes, dtype=safe.dtype)
     a = jnp.where(onehot, element_weight[..., None], 0.0)
     if share is not None:
         spread = share if weight is None else share * weight
         a = (1.0 - label_smoothing) * a + jnp.where(keep[..., None], spread, 0.0)
-    a = jnp.where((keep & ~in_range)[..., None], jnp.nan, a)
+    a = jnp.where(bad[..., None], jnp.nan, a)
     return a, element_weight, keep
 
 
@@ -281,10 +294,8 @@ def _cross_entropy(
         weight = weight.astype(dtype)
     if is_index:
         loss, lse = index_cross_entropy(x, targets, weight, eps, ignore_index, smoothing)
-        keep = targets != ignore_index
-        in_range = (targets >= 0) & (targets < num_classes)
-        w_y = 1.0 if weight is None else class_weight_of(weight, jnp.where(in_range, targets, 0))
-        denominator = jnp.sum(jnp.where(keep, w_y, 0.0) * jnp.ones(targets.shape, dtype))
+        resolved = index_targets(targets, num_classes, weight, ignore_index, dtype)
+        keep, denominator = resolved.keep, jnp.sum(resolved.element_weight)
     else:
         t = jnp.moveaxis(targets, axis, -1).astype(dtype)
         if smoothing:

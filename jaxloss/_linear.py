@@ -31,9 +31,13 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._classification import index_coefficients, softmax_cross_entropy, xent_terms
+from jaxloss._classification import (
+    index_coefficients,
+    index_targets,
+    softmax_cross_entropy,
+    xent_terms,
+)
 from jaxloss._reduce import (
-    class_weight_of,
     compute_dtype,
     explicit_sharding,
     is_zero,
@@ -42,7 +46,7 @@ from jaxloss._reduce import (
 from jaxloss._softmax import max_and_sum_exp
 
 # One chunk's float32 logits take at most this many bytes unless chunk_size says otherwise:
-# small enough that a handful of chunk-sized temporaries stay well below the weight gradient.
+# a few chunk-sized temporaries then stay small next to the weight gradient.
 CHUNK_BYTES = 16 * 2**20
 
 
@@ -283,14 +287,8 @@ def _linear_cross_entropy(
     if reduction == "sum":
         scale = jnp.ones((), acc)
     else:
-        keep = y != ignore_index
-        if consts.weight is None:
-            element_weight = keep.astype(acc)
-        else:
-            element_weight = jnp.where(
-                keep, class_weight_of(consts.weight, jnp.clip(y, 0, vocab - 1)), 0.0
-            )
-        scale = safe_divide(jnp.ones((), acc), jnp.sum(element_weight))
+        resolved = index_targets(y, vocab, consts.weight, ignore_index, acc)
+        scale = safe_divide(jnp.ones((), acc), jnp.sum(resolved.element_weight))
     return _fused_sum(x2, w, bias, y, consts, scale, static).astype(out_dtype)
 
 
@@ -357,7 +355,7 @@ def linear_cross_entropy(
         z_loss: coefficient of the $\operatorname{lse}^2$ penalty (PaLM), default 0.
         logit_softcap: optional $c > 0$ for $c\tanh(z/c)$ (Gemma 2).
         chunk_size: tokens per chunk (static); by default the largest power of two
-            whose float32 logits fit in 32 MiB.
+            whose float32 logits fit in 16 MiB.
 
     Returns:
         A scalar, or per-token losses of shape ``x.shape[:-1]`` for

@@ -65,6 +65,7 @@ class _Static(NamedTuple):
     use_z_loss: bool
     use_softcap: bool
     chunk: int
+    vocab_slice: int  # columns of the weight gradient added per step (V: all at once)
     acc_dtype: jnp.dtype  # float32, or float64 for float64 inputs
 
 
@@ -174,6 +175,50 @@ def _fused_sum(x, w, bias, targets, consts, scale, static):
     return total * scale
 
 
+def vocab_slice_size(vocab: int, hidden: int) -> int:
+    """A divisor of ``vocab`` near ``CHUNK_BYTES / (4 hidden)``, else ``vocab`` (no slicing)."""
+    target = max(1, CHUNK_BYTES // (4 * hidden))
+    if target >= vocab:
+        return vocab
+    best = max(d for d in range(1, target + 1) if vocab % d == 0)
+    return best if best * 8 >= target else vocab
+
+
+def _vocab_axis_is_local(w) -> bool:
+    """Whether every device holds all of ``w``'s vocabulary axis, as far as can be known.
+
+    Under explicit sharding the spec says; otherwise only a single device is certain
+    (with ``Auto`` sharding a vocabulary-sharded ``w`` is indistinguishable here, and
+    slicing a sharded axis would make the partitioner gather it).
+    """
+    sharding = explicit_sharding(w)
+    if sharding is not None:
+        return len(sharding.spec) < 2 or sharding.spec[1] is None
+    return jax.device_count() == 1
+
+
+def _add_weight_grad(dw, x_c, g, acc_dtype, slice_size):
+    """``dw + x_c.T @ g``, one vocabulary slice at a time inside a loop when possible.
+
+    XLA keeps a matmul's result apart from the accumulator it is added to, so the
+    whole product would be a second ``H x V`` buffer; a slice's product is only
+    ``H x slice``, and the loop updates ``dw`` in place.
+    """
+    vocab = dw.shape[1]
+    sharding = explicit_sharding(dw)
+    if slice_size >= vocab or not _vocab_axis_is_local(dw):
+        return dw + jnp.matmul(x_c.T, g, preferred_element_type=acc_dtype, out_sharding=sharding)
+
+    def add_slice(i, dw):
+        start = i * slice_size
+        g_i = jax.lax.dynamic_slice_in_dim(g, start, slice_size, axis=1)
+        part = jnp.matmul(x_c.T, g_i, preferred_element_type=acc_dtype, out_sharding=sharding)
+        old = jax.lax.dynamic_slice_in_dim(dw, start, slice_size, axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(dw, old + part, start, axis=1)
+
+    return jax.lax.fori_loop(0, vocab // slice_size, add_slice, dw)
+
+
 def _fused_sum_and_grads(x, w, bias, targets, consts, scale, static):
     """The scaled loss and its gradients for x, w and bias, in one pass over the chunks."""
     n, hidden = x.shape
@@ -197,9 +242,7 @@ def _fused_sum_and_grads(x, w, bias, targets, consts, scale, static):
             preferred_element_type=static.acc_dtype,
             out_sharding=explicit_sharding(x_c),
         )
-        dw = dw + jnp.matmul(
-            x_c.T, g_mm, preferred_element_type=static.acc_dtype, out_sharding=explicit_sharding(w)
-        )
+        dw = _add_weight_grad(dw, x_c, g_mm, static.acc_dtype, static.vocab_slice)
         return (total + jnp.sum(loss), dw, db + jnp.sum(g, axis=0)), dx_c.astype(x.dtype)
 
     acc = static.acc_dtype
@@ -246,7 +289,14 @@ def _per_token_loss(x, w, bias, targets, consts, static):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("reduction", "ignore_index", "smoothing", "use_z_loss", "chunk_size"),
+    static_argnames=(
+        "reduction",
+        "ignore_index",
+        "smoothing",
+        "use_z_loss",
+        "chunk_size",
+        "vocab_slice",
+    ),
 )
 def _linear_cross_entropy(
     x,
@@ -263,6 +313,7 @@ def _linear_cross_entropy(
     smoothing,
     use_z_loss,
     chunk_size,
+    vocab_slice,
 ):
     hidden, vocab = w.shape
     x2 = x.reshape(-1, hidden)
@@ -273,7 +324,8 @@ def _linear_cross_entropy(
         smoothing=smoothing,
         use_z_loss=use_z_loss,
         use_softcap=logit_softcap is not None,
-        chunk=chunk_size or auto_chunk_size(x2.shape[0], vocab),
+        chunk=chunk_size,
+        vocab_slice=vocab_slice,
         acc_dtype=acc,
     )
     constant = lambda v: None if v is None else jax.lax.stop_gradient(jnp.asarray(v, acc))  # noqa: E731
@@ -428,5 +480,7 @@ def linear_cross_entropy(
         ignore_index=_checks.ignore_index(ignore_index),
         smoothing=smoothing,
         use_z_loss=use_z_loss,
-        chunk_size=None if chunk_size is None else int(chunk_size),
+        # Resolved here, outside jit, so that they key its cache.
+        chunk_size=int(chunk_size or auto_chunk_size(math.prod(x.shape[:-1]), vocab)),
+        vocab_slice=vocab_slice_size(vocab, x.shape[-1]),
     )

@@ -20,6 +20,9 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jaxloss as jl  # noqa: E402
+from jaxloss import _linear  # noqa: E402
+
+DEFAULT_CHUNK_BYTES = _linear.CHUNK_BYTES
 
 N, H, V = 48, 16, 1024  # V appears in no other shape, so it identifies vocabulary-wide arrays
 
@@ -77,7 +80,11 @@ def run(mode_name: str) -> None:
             report(mode_name, layout, name, value, grad, ref_value, ref_grad, hlo)
         w_spec = P(None, logits_spec[1])
         x_spec = P(logits_spec[0], None)
-        for reduction in ("mean", "none"):
+        # The weight gradient is accumulated one vocabulary slice at a time when H x V is
+        # large; a small CHUNK_BYTES makes these small shapes take that path too.
+        for reduction, chunk_bytes in (("mean", None), ("none", None), ("mean", 4096)):
+            _linear.CHUNK_BYTES = chunk_bytes or DEFAULT_CHUNK_BYTES
+            name = f"linear_cross_entropy_{reduction}" + ("_sliced" if chunk_bytes else "")
 
             def linear(h, w, y, reduction=reduction):
                 out = jl.linear_cross_entropy(
@@ -90,16 +97,8 @@ def run(mode_name: str) -> None:
             hlo = f.lower(*args).compile().as_text()
             value, grads = f(*args)
             ref_value, ref_grads = jax.value_and_grad(linear, argnums=(0, 1))(hidden, w, y)
-            report(
-                mode_name,
-                layout,
-                f"linear_cross_entropy_{reduction}",
-                value,
-                grads,
-                ref_value,
-                ref_grads,
-                hlo,
-            )
+            report(mode_name, layout, name, value, grads, ref_value, ref_grads, hlo)
+        _linear.CHUNK_BYTES = DEFAULT_CHUNK_BYTES
 
 
 def report(mode, layout, name, value, grad, ref_value, ref_grad, hlo):

@@ -29,8 +29,13 @@ def test_every_layout_and_mode_ran(results):
         (m, lay) for m in ("Auto", "Explicit") for lay in ("data", "vocab", "data+vocab")
     }
     cases = {r["case"] for r in results}
-    assert {"cross_entropy", "linear_cross_entropy_mean", "linear_cross_entropy_none"} <= cases
-    assert len(results) == 2 * 3 * 10
+    assert {
+        "cross_entropy",
+        "linear_cross_entropy_mean",
+        "linear_cross_entropy_none",
+        "linear_cross_entropy_mean_sliced",
+    } <= cases
+    assert len(results) == 2 * 3 * 11
 
 
 def test_sharded_results_equal_unsharded(results):

@@ -1,4 +1,5 @@
-"""Mechanics shared by every loss: reductions, dtype promotion, symbolic-zero tangents."""
+"""Mechanics shared by every loss: reductions and class weights, dtype promotion,
+symbolic-zero tangents, and what explicit sharding needs spelled out."""
 
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     This is the documented deviation from PyTorch, whose mean over zero total
     weight (every target ignored) is ``0 / 0 = nan``.
     """
-    is_zero = denominator == 0
-    return jnp.where(is_zero, 0.0, numerator / jnp.where(is_zero, 1.0, denominator))
+    empty = denominator == 0
+    return jnp.where(empty, 0.0, numerator / jnp.where(empty, 1.0, denominator))
 
 
 def reduce_loss(

@@ -38,15 +38,30 @@ from jaxloss._softmax import max_and_sum_exp
 def xent_terms(x, a, m, s):
     """Cross-entropy and log-sum-exp along the last axis from the shift ``m`` and sum ``s``.
 
-    ``sum_c a_c (lse - x_c)`` is evaluated as ``S log s + sum_c a_c (m - x_c)``
-    (``S = sum_c a_c``), which keeps the large ``lse`` and ``x_c`` from cancelling.
-    Classes with ``a_c = 0`` contribute exactly 0 even when ``x_c = -inf``.
+    ``sum_c a_c (lse - x_c)`` is evaluated as ``S log s + (S m - <a, x>)`` with
+    ``S = sum_c a_c``: the inner product is a dot, which reads ``a`` and ``x``
+    once without an N x C temporary (a masked product would be one), and the
+    large ``m`` and ``<a, x>`` cancel only to float rounding of their size.
+    A row where ``x_c = -inf`` meets ``a_c = 0`` (a masked class) makes the dot
+    nan; such rows are recomputed with the mask, so that they contribute 0.
     """
     total = jnp.sum(a, axis=-1)
     log_s = jnp.log(s)[..., 0]
-    cross = jnp.sum(jnp.where(a != 0, a * (m - x), 0.0), axis=-1)
+    m = m[..., 0]
+    dot = jnp.einsum(
+        "...c,...c->...",
+        a,
+        x,
+        preferred_element_type=x.dtype,
+        out_sharding=explicit_sharding(total),  # a contraction of a possibly sharded axis
+    )
+    cross = jax.lax.cond(
+        jnp.all(jnp.isfinite(dot)),
+        lambda: total * m - dot,
+        lambda: jnp.sum(jnp.where(a != 0, a * (m[..., None] - x), 0.0), axis=-1),
+    )
     loss = jnp.where(total != 0, total * log_s, 0.0) + cross
-    return loss, m[..., 0] + log_s
+    return loss, m + log_s
 
 
 @jax.custom_jvp

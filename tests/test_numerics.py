@@ -165,3 +165,25 @@ def test_kl_div_with_zero_targets_is_finite():
     loss, (g_in, g_t) = jax.value_and_grad(jl.kl_div, argnums=(0, 1))(log_q, t, reduction="sum")
     assert _finite(loss, g_t)
     assert g_in[0, 0] == 0.0 and g_t[0, 0] == 0.0
+
+
+def test_probability_targets_with_masked_classes_stay_finite():
+    x = jnp.array([[2.0, -jnp.inf, 0.5, 1.0], [0.1, 0.2, 0.3, 0.4]])
+    where = jnp.array([True, True, True, False])
+    t = jnp.array([[0.5, 0.0, 0.5, 0.0], [0.2, 0.3, 0.5, 0.0]])
+    loss, grad = jax.value_and_grad(jl.cross_entropy)(x, t, where=where, label_smoothing=0.1)
+    assert _finite(loss, grad)
+    want = jnp.mean(
+        jnp.array(
+            [
+                jl.cross_entropy(
+                    x[0, jnp.array([0, 2])], t[0, jnp.array([0, 2])], label_smoothing=0.1
+                ),
+                jl.cross_entropy(x[1, :3], t[1, :3], label_smoothing=0.1),
+            ]
+        )
+    )
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    assert grad[0, 1] == 0.0 and np.all(np.asarray(grad[:, 3]) == 0.0)
+    per_row = jax.vmap(lambda a, b: jl.cross_entropy(a, b, where=where, label_smoothing=0.1))(x, t)
+    np.testing.assert_allclose(per_row.mean(), want, rtol=1e-6)

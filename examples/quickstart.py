@@ -16,7 +16,7 @@ import numpy as np
 import jaxloss as jl
 
 DEFAULT_CASES = (
-    pathlib.Path(__file__).resolve().parents[1].parent / "shared/cases/seed_examples.json"
+    pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "seed_examples.json"
 )
 
 

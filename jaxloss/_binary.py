@@ -16,28 +16,39 @@ def _softplus(x):
     return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
+def _times(coefficient, value):
+    """``coefficient * value``, exactly 0 where the coefficient is 0 (``0 * inf = 0``):
+    the limit of each term, so that saturated logits and zero weights give finite
+    losses, while a nan coefficient or a nan value with a nonzero coefficient stays nan."""
+    return jnp.where(coefficient == 0, 0.0, coefficient * value)
+
+
+def _bce_with_logits_terms(x, t, pw):
+    # -log sigma(x) = softplus(-x) and -log sigma(-x) = softplus(x): no exp overflows.
+    sp_neg, sp_pos = _softplus(-x), _softplus(x)
+    return sp_neg, sp_pos, _times(pw * t, sp_neg) + _times(1.0 - t, sp_pos)
+
+
 @jax.custom_jvp
 def _bce_with_logits(x, t, w, pw):
-    # -log sigma(x) = softplus(-x) and -log sigma(-x) = softplus(x): no exp overflows.
-    return w * (pw * t * _softplus(-x) + (1.0 - t) * _softplus(x))
+    return _times(w, _bce_with_logits_terms(x, t, pw)[2])
 
 
 def _bce_with_logits_jvp(primals, tangents):
     x, t, w, pw = primals
     dx, dt, dw, dpw = tangents
-    sp_neg, sp_pos = _softplus(-x), _softplus(x)
-    unweighted = pw * t * sp_neg + (1.0 - t) * sp_pos
-    loss = w * unweighted
+    sp_neg, sp_pos, unweighted = _bce_with_logits_terms(x, t, pw)
+    loss = _times(w, unweighted)
     dloss = jnp.zeros_like(loss)
     if not is_zero(dx):
         sig = jax.nn.sigmoid(x)
-        dloss = dloss + w * ((1.0 + (pw - 1.0) * t) * sig - pw * t) * dx
+        dloss = dloss + _times(w, (1.0 + (pw - 1.0) * t) * sig - pw * t) * dx
     if not is_zero(dt):
-        dloss = dloss + w * (pw * sp_neg - sp_pos) * dt
+        dloss = dloss + _times(w, pw * sp_neg - sp_pos) * dt
     if not is_zero(dw):
         dloss = dloss + unweighted * dw
     if not is_zero(dpw):
-        dloss = dloss + w * t * sp_neg * dpw
+        dloss = dloss + _times(w * t, sp_neg) * dpw
     return loss, dloss
 
 
@@ -119,7 +130,12 @@ def binary_cross_entropy_with_logits(
         A scalar, or the elementwise losses for ``reduction="none"``, in the
         logits' dtype (float32 accumulation for 16-bit inputs).
 
-    PyTorch: ``F.binary_cross_entropy_with_logits``, same arguments and results.
+    PyTorch: ``F.binary_cross_entropy_with_logits``, same arguments and results
+    for finite inputs. Deviations: at a logit of ``+-inf`` the loss is its limit
+    (0 where a 0/1 target agrees with the sign, ``inf`` otherwise; PyTorch: nan
+    for most), and an element of ``weight`` 0 contributes 0 and no gradient even
+    if its logit is ``nan`` (PyTorch: nan). Targets outside [0, 1] follow the
+    formula, as in PyTorch.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -144,11 +160,22 @@ def binary_cross_entropy_with_logits(
 _LOG_FLOOR = -100.0
 
 
+def _bce_probs_terms(p, t):
+    """Clamped logs, whether each is above the clamp, the unweighted loss, and whether
+    the element is defined: ``p`` and ``t`` in [0, 1] (anything else, nan included, is
+    nan rather than a plausible number)."""
+    log_p, log_1mp = jnp.log(p), jnp.log1p(-p)
+    p_live, q_live = log_p > _LOG_FLOOR, log_1mp > _LOG_FLOOR
+    log_p = jnp.maximum(log_p, _LOG_FLOOR)
+    log_1mp = jnp.maximum(log_1mp, _LOG_FLOOR)
+    unweighted = -(t * log_p + (1.0 - t) * log_1mp)
+    valid = (t >= 0.0) & (t <= 1.0) & (p >= 0.0) & (p <= 1.0)
+    return log_p, log_1mp, p_live, q_live, jnp.where(valid, unweighted, jnp.nan), valid
+
+
 @jax.custom_jvp
 def _bce_probs(p, t, w):
-    log_p = jnp.maximum(jnp.log(p), _LOG_FLOOR)
-    log_1mp = jnp.maximum(jnp.log1p(-p), _LOG_FLOOR)
-    return -w * (t * log_p + (1.0 - t) * log_1mp)
+    return _times(w, _bce_probs_terms(p, t)[4])
 
 
 def _bce_probs_jvp(primals, tangents):
@@ -156,19 +183,16 @@ def _bce_probs_jvp(primals, tangents):
     # drops out (PyTorch instead divides by max(p (1 - p), 1e-12)).
     p, t, w = primals
     dp, dt, dw = tangents
-    log_p, log_1mp = jnp.log(p), jnp.log1p(-p)
-    p_live, q_live = log_p > _LOG_FLOOR, log_1mp > _LOG_FLOOR
-    log_p = jnp.maximum(log_p, _LOG_FLOOR)
-    log_1mp = jnp.maximum(log_1mp, _LOG_FLOOR)
-    unweighted = -(t * log_p + (1.0 - t) * log_1mp)
-    loss = w * unweighted
+    log_p, log_1mp, p_live, q_live, unweighted, valid = _bce_probs_terms(p, t)
+    loss = _times(w, unweighted)
     dloss = jnp.zeros_like(loss)
+    nan_outside = lambda g: jnp.where(valid, g, jnp.nan)  # noqa: E731
     if not is_zero(dp):
         inv_p = jnp.where(p_live, 1.0 / jnp.where(p_live, p, 1.0), 0.0)
         inv_q = jnp.where(q_live, 1.0 / jnp.where(q_live, 1.0 - p, 1.0), 0.0)
-        dloss = dloss - w * (t * inv_p - (1.0 - t) * inv_q) * dp
+        dloss = dloss - _times(w, nan_outside(t * inv_p - (1.0 - t) * inv_q)) * dp
     if not is_zero(dt):
-        dloss = dloss - w * (log_p - log_1mp) * dt
+        dloss = dloss - _times(w, nan_outside(log_p - log_1mp)) * dt
     if not is_zero(dw):
         dloss = dloss + unweighted * dw
     return loss, dloss
@@ -212,17 +236,19 @@ def binary_cross_entropy(
 
     Args:
         probs: floating probabilities in [0, 1], any shape (values outside give nan).
-        targets: floating targets in [0, 1] of the same shape.
+        targets: floating targets in [0, 1] of the same shape (values outside give nan).
         weight: optional per-element rescaling, broadcastable to ``probs``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
         A scalar, or elementwise losses for ``reduction="none"``, in ``probs``' dtype.
 
-    PyTorch: ``F.binary_cross_entropy``. Deviation: at a clamped point
+    PyTorch: ``F.binary_cross_entropy``. Deviations: at a clamped point
     ($p$ within ~1e-44 of 0 or 1) the gradient is the derivative of the
     clamped function, 0 for that term, where PyTorch divides by
-    ``max(p (1 - p), 1e-12)``; PyTorch raises for ``probs`` outside [0, 1].
+    ``max(p (1 - p), 1e-12)``; ``probs`` or ``targets`` outside [0, 1] (or nan)
+    give nan for that element and its gradient, where PyTorch raises (a jitted
+    function cannot raise on values); an element of ``weight`` 0 contributes 0.
 
     Examples:
         >>> import jax, jax.numpy as jnp

@@ -7,7 +7,9 @@ deep inside XLA or, worse, as a silently broadcast wrong answer.
 
 from __future__ import annotations
 
+import math
 import numbers
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,14 +18,49 @@ import numpy as np
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def as_array(name: str, value) -> jax.Array:
-    """Converts ``value`` to an array, naming the argument if that fails."""
+def as_array(name: str, value: Any) -> jax.Array:
+    """Converts ``value`` to an array, naming the argument if that fails.
+
+    Integers that JAX would store in a narrower type (64-bit integers without
+    ``jax_enable_x64``) are checked first: a value that does not fit is an error,
+    never a silent wrap-around into another class index.
+    """
     if isinstance(value, jax.Array):
         return value
+    if value is None:
+        raise TypeError(f"{name} must be an array, got None")
     try:
-        return jnp.asarray(value)
-    except TypeError as err:
-        raise TypeError(f"{name} must be an array, got {type(value).__name__}") from err
+        host = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise _conversion_error(name, value, err) from err
+    if host.dtype == object:
+        raise ValueError(
+            f"{name} must be a rectangular array of numbers; it converts to an object array "
+            f"of shape {host.shape} (a ragged nested sequence, None entries, or an integer "
+            "beyond 64 bits)"
+        )
+    try:
+        array = jnp.asarray(host)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise _conversion_error(name, value, err) from err
+    if jnp.issubdtype(host.dtype, jnp.integer) and array.dtype != host.dtype and host.size:
+        info = jnp.iinfo(array.dtype)
+        low, high = int(host.min()), int(host.max())
+        if low < info.min or high > info.max:
+            raise ValueError(
+                f"{name} holds {host.dtype} values in [{low}, {high}], outside the range of "
+                f"{array.dtype}, the type JAX stores them in (enable jax_enable_x64 to keep "
+                f"64-bit integers)"
+            )
+    return array
+
+
+def _conversion_error(name: str, value: Any, err: Exception) -> Exception:
+    if isinstance(err, TypeError):
+        return TypeError(f"{name} must be an array, got {type(value).__name__}")
+    if isinstance(err, OverflowError):
+        return ValueError(f"{name} holds a number too large for any JAX dtype: {err}")
+    return ValueError(f"{name} must be a rectangular array of numbers; converting it failed: {err}")
 
 
 def floating_input(name: str, x, *, min_ndim: int = 0) -> jax.Array:
@@ -40,9 +77,18 @@ def class_axis(axis, ndim: int, name: str = "axis") -> int:
     """Normalizes a class axis to a non-negative int in ``[0, ndim)``."""
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {axis!r}")
+    axis = int(axis)
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name} {axis} is out of bounds for logits of dimension {ndim}")
-    return int(axis) % ndim
+    return axis % ndim
+
+
+def has_classes(name: str, shape: tuple[int, ...], axis: int, what: str = "class") -> None:
+    """A class axis of length 0 has no distribution to normalize over."""
+    if shape[axis] == 0:
+        raise ValueError(
+            f"{name} must have at least one {what} along axis {axis}, got shape {tuple(shape)}"
+        )
 
 
 def reduction(value, allowed=REDUCTIONS) -> str:
@@ -82,27 +128,34 @@ def _concrete_float(value) -> float | None:
     return None
 
 
-def unit_interval(name: str, value) -> jax.Array:
-    """A scalar in [0, 1]; the range is checked whenever the value is concrete."""
+def real_scalar(
+    name: str, value: Any, *, minimum: float, maximum: float = math.inf, strict: bool = False
+) -> jax.Array:
+    """A finite real scalar in ``[minimum, maximum]`` (``(minimum, maximum]`` if ``strict``).
+
+    The range is checked whenever the value is known at trace time; a traced value
+    is accepted as it is. Booleans are refused: ``True`` is neither a probability
+    nor a coefficient.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     known = _concrete_float(value) if np.ndim(value) == 0 else None
     value = as_array(name, value)
     if value.ndim != 0:
         raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
     if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
         raise TypeError(f"{name} must be a real number, got dtype {value.dtype}")
-    if known is not None and not 0.0 <= known <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {known}")
-    return value
-
-
-def nonnegative_scalar(name: str, value, *, strict: bool = False) -> jax.Array:
-    """A scalar >= 0 (> 0 if ``strict``), checked whenever the value is concrete."""
-    known = _concrete_float(value) if np.ndim(value) == 0 else None
-    value = as_array(name, value)
-    if value.ndim != 0:
-        raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
-    if known is not None and not (known > 0.0 if strict else known >= 0.0):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} 0, got {known}")
+    if known is None:
+        return value
+    above = known > minimum if strict else known >= minimum
+    if not (math.isfinite(known) and above and known <= maximum):
+        if maximum == math.inf:
+            wanted = f"{'>' if strict else '>='} {minimum:g} and finite"
+        else:
+            wanted = f"in [{minimum:g}, {maximum:g}]"
+        raise ValueError(f"{name} must be {wanted}, got {known}")
     return value
 
 
@@ -114,10 +167,10 @@ def logit_options(label_smoothing, z_loss, logit_softcap):
     """
     smoothing = not is_static_zero(label_smoothing)
     use_z_loss = not is_static_zero(z_loss)
-    label_smoothing = unit_interval("label_smoothing", label_smoothing)
-    z_loss = nonnegative_scalar("z_loss", z_loss)
+    label_smoothing = real_scalar("label_smoothing", label_smoothing, minimum=0.0, maximum=1.0)
+    z_loss = real_scalar("z_loss", z_loss, minimum=0.0)
     if logit_softcap is not None:
-        logit_softcap = nonnegative_scalar("logit_softcap", logit_softcap, strict=True)
+        logit_softcap = real_scalar("logit_softcap", logit_softcap, minimum=0.0, strict=True)
     return label_smoothing, z_loss, logit_softcap, smoothing, use_z_loss
 
 
@@ -157,7 +210,9 @@ def where_mask(where, shape: tuple[int, ...]) -> jax.Array | None:
     return jnp.broadcast_to(where, shape)
 
 
-def index_or_probability_targets(targets, logits_shape: tuple[int, ...], axis: int):
+def index_or_probability_targets(
+    targets, logits_shape: tuple[int, ...], axis: int
+) -> tuple[jax.Array, bool]:
     """Decides the target kind from its dtype and checks its shape.
 
     Returns ``(targets, is_index)``.

@@ -9,17 +9,20 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._reduce import compute_dtype, is_zero, reduce_loss
+from jaxloss._reduce import compute_dtype, is_zero, reduce_loss, safe_divide
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _kl_pointwise(log_input, target, log_target):
+    # A zero target (log-target -inf) contributes exactly 0, even against
+    # log_input = -inf: the limit t log t -> 0. A negative or nan target is not a
+    # probability, and its term is nan (log of a negative number).
     if log_target:
-        return jnp.exp(target) * (target - log_input)
-    # xlogy: a zero target contributes exactly 0, even against log_input = -inf.
-    positive = target > 0
-    safe_target = jnp.where(positive, target, 1.0)
-    return jnp.where(positive, target * (jnp.log(safe_target) - log_input), 0.0)
+        absent = target == -jnp.inf
+        return jnp.where(absent, 0.0, jnp.exp(target) * (target - log_input))
+    absent = target == 0
+    safe_target = jnp.where(absent, 1.0, target)
+    return jnp.where(absent, 0.0, target * (jnp.log(safe_target) - log_input))
 
 
 def _kl_pointwise_jvp(log_target, primals, tangents):
@@ -28,19 +31,22 @@ def _kl_pointwise_jvp(log_target, primals, tangents):
     loss = _kl_pointwise(log_input, target, log_target)
     dloss = jnp.zeros_like(loss)
     if log_target:
+        absent = target == -jnp.inf
         p = jnp.exp(target)
         if not is_zero(dlog_input):
             dloss = dloss - p * dlog_input
         if not is_zero(dtarget):
-            dloss = dloss + p * (target - log_input + 1.0) * dtarget
+            slope = jnp.where(absent, 0.0, p * (target - log_input + 1.0))
+            dloss = dloss + slope * dtarget
         return loss, dloss
-    positive = target > 0
+    absent = target == 0
     if not is_zero(dlog_input):
-        dloss = dloss - jnp.where(positive, target, 0.0) * dlog_input
+        dloss = dloss - jnp.where(absent, 0.0, target) * dlog_input
     if not is_zero(dtarget):
-        # d/dt [t log t - t x] = log t + 1 - x, taken as 0 at t = 0 (as PyTorch does).
-        safe_target = jnp.where(positive, target, 1.0)
-        slope = jnp.where(positive, jnp.log(safe_target) + 1.0 - log_input, 0.0)
+        # d/dt [t log t - t x] = log t + 1 - x. At t = 0 it is -inf (one-sided); the rule
+        # returns 0 there, so that a target with zeros trains (PyTorch returns nan).
+        safe_target = jnp.where(absent, 1.0, target)
+        slope = jnp.where(absent, 0.0, jnp.log(safe_target) + 1.0 - log_input)
         dloss = dloss + slope * dtarget
     return loss, dloss
 
@@ -54,7 +60,7 @@ def _kl_div(log_input, target, *, reduction, log_target):
     loss = _kl_pointwise(log_input.astype(dtype), target.astype(dtype), log_target)
     if reduction == "batchmean":
         batch = log_input.shape[0] if log_input.ndim else 1
-        out = jnp.sum(loss) / batch
+        out = safe_divide(jnp.sum(loss), jnp.asarray(batch, loss.dtype))
     else:
         out = reduce_loss(loss, reduction)
     return out.astype(log_input.dtype)
@@ -82,7 +88,8 @@ def kl_div(
 
     Gradients (the custom JVP rule):
     $\partial\ell/\partial\log q = -t$ and
-    $\partial\ell/\partial t = \log t + 1 - \log q$ (0 at $t = 0$);
+    $\partial\ell/\partial t = \log t + 1 - \log q$ (taken as 0 at $t = 0$,
+    where the one-sided derivative is $-\infty$);
     with ``log_target``, $\partial\ell/\partial s = e^{s}(s - \log q + 1)$.
 
     Args:
@@ -96,8 +103,12 @@ def kl_div(
         A scalar, or elementwise terms for ``reduction="none"``, in the input dtype.
 
     PyTorch: ``F.kl_div(log_input, target, reduction=..., log_target=...)``,
-    same results; we require ``target`` to have ``log_input``'s shape rather
-    than broadcasting it.
+    same results for positive targets. Deviations: a zero target (``-inf`` with
+    ``log_target``) contributes 0 even against ``log_input = -inf``, and its
+    derivative with respect to the target is taken as 0 (PyTorch: nan for both);
+    ``"batchmean"`` of an empty batch is 0 (PyTorch: nan); ``target`` must have
+    ``log_input``'s shape rather than broadcast. A negative or nan target is not
+    a probability: its term is nan, as in PyTorch.
 
     Examples:
         >>> import jax, jax.numpy as jnp

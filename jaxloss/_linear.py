@@ -32,9 +32,14 @@ from jax.typing import ArrayLike
 
 from jaxloss import _checks
 from jaxloss._classification import (
+    IGNORED,
+    contributing,
     index_coefficients,
     index_targets,
+    logit_gradient,
+    resolve_targets,
     softmax_cross_entropy,
+    target_weight,
     xent_terms,
 )
 from jaxloss._reduce import (
@@ -60,7 +65,6 @@ def auto_chunk_size(num_tokens: int, vocab_size: int) -> int:
 class _Static(NamedTuple):
     """The static configuration of one call."""
 
-    ignore_index: int
     smoothing: bool
     use_z_loss: bool
     use_softcap: bool
@@ -89,37 +93,47 @@ def _chunk_logits(x_c, w, bias, consts, static):
     return consts.softcap * t, t
 
 
-def _chunk_coefficients(y_c, vocab, consts, static):
+def _chunk_coefficients(codes_c, vocab, consts, static):
+    """The chunk's coefficients, which tokens count, and which are kept (for the z-loss)."""
     dtype = static.acc_dtype
+    targets = index_targets(codes_c)
     share = jnp.full((vocab,), consts.eps / vocab, dtype) if static.smoothing else None
-    return index_coefficients(
-        y_c, vocab, consts.weight, static.ignore_index, dtype, consts.eps, share
+    a, _ = index_coefficients(targets, vocab, consts.weight, dtype, consts.eps, share)
+    w_y = target_weight(consts.weight, targets.class_index, dtype)
+    counted = contributing(
+        targets, w_y, consts.eps, static.smoothing, consts.weight, static.use_z_loss
     )
+    return a, counted, targets
 
 
-def _chunk_loss_and_logit_grad(x_c, y_c, w, bias, consts, static):
-    """Per-token losses of one chunk and d(their sum)/d(raw logits)."""
+def _chunk_loss_and_logit_grad(x_c, codes_c, w, bias, consts, static):
+    """Per-token losses of one chunk, d(their sum)/d(raw logits), and the chunk's hidden
+    states with the rows of tokens that add nothing set to 0."""
+    a, counted, targets = _chunk_coefficients(codes_c, w.shape[1], consts, static)
+    # A token that adds nothing passes no gradient to x, w or bias, even if its hidden
+    # state is nan: its row never enters the matmuls.
+    x_c = jnp.where(counted[:, None], x_c, 0)
     logits, t = _chunk_logits(x_c, w, bias, consts, static)
-    a, _, keep = _chunk_coefficients(y_c, logits.shape[-1], consts, static)
     m, s = max_and_sum_exp(logits, -1)
     loss, lse = xent_terms(logits, a, m, s)
     p = jnp.exp(logits - m) / s
     scale = jnp.sum(a, axis=-1, keepdims=True)
     if static.use_z_loss:
-        loss = loss + jnp.where(keep, consts.z * jnp.square(lse), 0.0)
-        scale = scale + jnp.where(keep, 2.0 * consts.z * lse, 0.0)[:, None]
-    grad = scale * p - a
+        loss = loss + jnp.where(targets.keep, consts.z * jnp.square(lse), 0.0)
+        scale = scale + jnp.where(targets.keep, 2.0 * consts.z * lse, 0.0)[:, None]
+    grad = logit_gradient(scale, p, a)
     if static.use_softcap:
         grad = grad * (1.0 - jnp.square(t))
-    return loss, grad
+    grad = jnp.where(counted[:, None], grad, 0.0)
+    return loss, jnp.where(targets.bad[:, None], jnp.nan, grad), x_c
 
 
-def _chunk_loss(x_c, y_c, w, bias, consts, static):
-    logits, _ = _chunk_logits(x_c, w, bias, consts, static)
-    a, _, keep = _chunk_coefficients(y_c, logits.shape[-1], consts, static)
+def _chunk_loss(x_c, codes_c, w, bias, consts, static):
+    a, counted, targets = _chunk_coefficients(codes_c, w.shape[1], consts, static)
+    logits, _ = _chunk_logits(jnp.where(counted[:, None], x_c, 0), w, bias, consts, static)
     loss, lse = softmax_cross_entropy(logits, a)
     if static.use_z_loss:
-        loss = loss + jnp.where(keep, consts.z * jnp.square(lse), 0.0)
+        loss = loss + jnp.where(targets.keep, consts.z * jnp.square(lse), 0.0)
     return loss
 
 
@@ -153,20 +167,20 @@ def _merge(a, n):
     return jax.lax.reshape(merged, shape, out_sharding=out)[:n]
 
 
-def _chunked(x, targets, static):
+def _chunked(x, codes, static):
     """Splits the tokens into chunks, padding the tail with ignored tokens."""
     n, chunk = x.shape[0], static.chunk
     padded = -(-n // chunk) * chunk
     if padded != n:
         x = jnp.pad(x, ((0, padded - n), (0, 0)))
-        targets = jnp.pad(targets, (0, padded - n), constant_values=static.ignore_index)
-    return _split(x, chunk), _split(targets, chunk)
+        codes = jnp.pad(codes, (0, padded - n), constant_values=IGNORED)
+    return _split(x, chunk), _split(codes, chunk)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
-def _fused_sum(x, w, bias, targets, consts, scale, static):
+def _fused_sum(x, w, bias, codes, consts, scale, static):
     """``scale * sum_n loss_n`` in one pass over the chunks, without gradients."""
-    xs, ys = _chunked(x, targets, static)
+    xs, ys = _chunked(x, codes, static)
 
     def body(total, chunk_in):
         return total + jnp.sum(_chunk_loss(*chunk_in, w, bias, consts, static)), None
@@ -219,16 +233,16 @@ def _add_weight_grad(dw, x_c, g, acc_dtype, slice_size):
     return jax.lax.fori_loop(0, vocab // slice_size, add_slice, dw)
 
 
-def _fused_sum_and_grads(x, w, bias, targets, consts, scale, static):
+def _fused_sum_and_grads(x, w, bias, codes, consts, scale, static):
     """The scaled loss and its gradients for x, w and bias, in one pass over the chunks."""
     n, hidden = x.shape
     matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
-    xs, ys = _chunked(x, targets, static)
+    xs, ys = _chunked(x, codes, static)
 
     def body(carry, chunk_in):
         total, dw, db = carry
-        x_c, y_c = chunk_in
-        loss, g = _chunk_loss_and_logit_grad(x_c, y_c, w, bias, consts, static)
+        x_c, codes_c = chunk_in
+        loss, g, x_c = _chunk_loss_and_logit_grad(x_c, codes_c, w, bias, consts, static)
         g = g * scale
         g_mm = g.astype(matmul_dtype)
         # Both products contract a possibly sharded axis (V, or the tokens): under
@@ -256,9 +270,9 @@ def _fused_sum_jvp(static, primals, tangents):
     # The gradients are formed in the forward chunk loop, while each chunk's logits
     # are at hand; the tangent is their inner product with the input tangents, which
     # JAX transposes for reverse mode without another pass over the vocabulary.
-    x, w, bias, targets, consts, scale = primals
+    x, w, bias, codes, consts, scale = primals
     dx, dw, dbias = tangents[:3]
-    loss, gx, gw, gb = _fused_sum_and_grads(x, w, bias, targets, consts, scale, static)
+    loss, gx, gw, gb = _fused_sum_and_grads(x, w, bias, codes, consts, scale, static)
     acc = static.acc_dtype
     dloss = jnp.zeros((), acc)
     # Products in the inputs' dtype, sums in float32: transposed for reverse mode this is
@@ -275,9 +289,9 @@ def _fused_sum_jvp(static, primals, tangents):
 _fused_sum.defjvp(_fused_sum_jvp, symbolic_zeros=True)
 
 
-def _per_token_loss(x, w, bias, targets, consts, static):
+def _per_token_loss(x, w, bias, codes, consts, static):
     """Per-token losses; each chunk is recomputed in the backward pass (``jax.checkpoint``)."""
-    xs, ys = _chunked(x, targets, static)
+    xs, ys = _chunked(x, codes, static)
     chunk_loss = jax.checkpoint(_chunk_loss, static_argnums=(5,))
 
     def body(_, chunk_in):
@@ -291,7 +305,6 @@ def _per_token_loss(x, w, bias, targets, consts, static):
     jax.jit,
     static_argnames=(
         "reduction",
-        "ignore_index",
         "smoothing",
         "use_z_loss",
         "chunk_size",
@@ -301,7 +314,7 @@ def _per_token_loss(x, w, bias, targets, consts, static):
 def _linear_cross_entropy(
     x,
     w,
-    targets,
+    codes,
     bias,
     weight,
     label_smoothing,
@@ -309,7 +322,6 @@ def _linear_cross_entropy(
     logit_softcap,
     *,
     reduction,
-    ignore_index,
     smoothing,
     use_z_loss,
     chunk_size,
@@ -317,10 +329,10 @@ def _linear_cross_entropy(
 ):
     hidden, vocab = w.shape
     x2 = x.reshape(-1, hidden)
-    y = targets.reshape(-1)
+    out_shape = codes.shape
+    codes = codes.reshape(-1)
     acc = compute_dtype(jnp.promote_types(x.dtype, w.dtype))
     static = _Static(
-        ignore_index=ignore_index,
         smoothing=smoothing,
         use_z_loss=use_z_loss,
         use_softcap=logit_softcap is not None,
@@ -334,14 +346,15 @@ def _linear_cross_entropy(
     )
     out_dtype = jnp.promote_types(x.dtype, w.dtype)
     if reduction == "none":
-        out = _per_token_loss(x2, w, bias, y, consts, static).reshape(targets.shape)
+        out = _per_token_loss(x2, w, bias, codes, consts, static).reshape(out_shape)
         return out.astype(out_dtype)
     if reduction == "sum":
         scale = jnp.ones((), acc)
     else:
-        resolved = index_targets(y, vocab, consts.weight, ignore_index, acc)
-        scale = safe_divide(jnp.ones((), acc), jnp.sum(resolved.element_weight))
-    return _fused_sum(x2, w, bias, y, consts, scale, static).astype(out_dtype)
+        resolved = index_targets(codes)
+        w_y = target_weight(consts.weight, resolved.class_index, acc)
+        scale = safe_divide(jnp.ones((), acc), jnp.sum(jnp.where(resolved.keep, w_y, 0.0)))
+    return _fused_sum(x2, w, bias, codes, consts, scale, static).astype(out_dtype)
 
 
 def linear_cross_entropy(
@@ -401,7 +414,8 @@ def linear_cross_entropy(
         targets: integer token ids of shape ``x.shape[:-1]``.
         bias: optional ``[V]`` bias.
         weight: optional ``[V]`` class weights.
-        ignore_index: targets equal to it are skipped (static).
+        ignore_index: targets equal to it are skipped (static, a Python int compared
+            as an integer: a value the targets' dtype cannot hold matches nothing).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (static).
         label_smoothing: $\varepsilon \in [0, 1]$.
         z_loss: coefficient of the $\operatorname{lse}^2$ penalty (PaLM), default 0.
@@ -412,6 +426,10 @@ def linear_cross_entropy(
     Returns:
         A scalar, or per-token losses of shape ``x.shape[:-1]`` for
         ``reduction="none"``, in the promoted dtype of ``x`` and ``w``.
+
+    A token that adds nothing (ignored, or of class weight 0) passes no gradient to
+    ``x``, ``w`` or ``bias``, even if its hidden state is ``nan`` or its logits
+    overflow: its row never enters the matmuls.
 
     Gradients reach ``x``, ``w`` and ``bias``; ``weight``, ``label_smoothing``,
     ``z_loss`` and ``logit_softcap`` are treated as constants here (use
@@ -444,6 +462,7 @@ def linear_cross_entropy(
             f"w must have shape (H, V) with H = x.shape[-1] = {x.shape[-1]}, got {w.shape}"
             " (for a (V, H) embedding matrix pass emb.T)"
         )
+    _checks.has_classes("w", w.shape, 1, "vocabulary entry")
     vocab = w.shape[1]
     targets = _checks.as_array("targets", targets)
     if not jnp.issubdtype(targets.dtype, jnp.integer):
@@ -467,17 +486,17 @@ def linear_cross_entropy(
         or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    codes = resolve_targets(targets, vocab, _checks.ignore_index(ignore_index))
     return _linear_cross_entropy(
         x,
         w,
-        targets,
+        codes,
         bias,
         weight,
         label_smoothing,
         z_loss,
         logit_softcap,
         reduction=_checks.reduction(reduction),
-        ignore_index=_checks.ignore_index(ignore_index),
         smoothing=smoothing,
         use_z_loss=use_z_loss,
         # Resolved here, outside jit, so that they key its cache.

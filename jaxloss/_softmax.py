@@ -16,12 +16,14 @@ def max_and_sum_exp(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
     """Returns ``(m, s)`` with ``logsumexp(x) = m + log(s)``, both with ``keepdims``.
 
     ``m`` is the row maximum, replaced by 0 where the row is all ``-inf`` so that
-    ``x - m`` never forms ``-inf - (-inf)``; such a row has ``s = 0``. The
-    maximum carries no gradient: every quantity built from ``(m, s)`` here is
-    invariant to the shift, so its derivative cancels exactly.
+    ``x - m`` never forms ``-inf - (-inf)``; such a row has ``s = 0``. A row with
+    a ``nan`` or ``+inf`` keeps that maximum, so ``s`` and everything built from it
+    are ``nan``: the row has no finite normalization, and says so. The maximum
+    carries no gradient: every quantity built from ``(m, s)`` here is invariant to
+    the shift, so its derivative cancels exactly.
     """
     m = jnp.max(x, axis=axis, keepdims=True)
-    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+    m = jax.lax.stop_gradient(jnp.where(m == -jnp.inf, 0.0, m))
     s = jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True)
     return m, s
 
@@ -41,7 +43,9 @@ def _log_softmax_jvp(axis, primals, tangents):
     (x,), (dx,) = primals, tangents
     y = _log_softmax(x, axis)
     dy = dx - jnp.sum(jnp.exp(y) * dx, axis=axis, keepdims=True)
-    return y, jnp.where(y == -jnp.inf, 0.0, dy)  # a -inf output is constant: tangent 0
+    # A -inf input (a masked class) is a constant -inf output: tangent 0. A finite input
+    # whose output overflows to -inf keeps its finite derivative.
+    return y, jnp.where(x == -jnp.inf, 0.0, dy)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -74,7 +78,9 @@ def log_softmax(x: ArrayLike, axis: int = -1, *, where: ArrayLike | None = None)
 
     Use it to turn logits into log-probabilities, for example before
     [`nll_loss`][jaxloss.nll_loss]. It never overflows: logits of $\pm 10^4$ in float32
-    give exact results.
+    give exact results, and adding a constant to a row changes the result only by
+    the rounding of the inputs. A row holding ``nan`` or ``+inf`` comes out ``nan``
+    (it has no finite normalization), as in PyTorch.
 
     $$
     \operatorname{log\_softmax}(x)_i = x_i - \log \sum_{j \in M} e^{x_j},

@@ -4,8 +4,7 @@ import pathlib
 import jax
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SEED_CASES = pathlib.Path(__file__).resolve().parent / "data" / "seed_examples.json"
 
 
 @pytest.fixture
@@ -16,7 +15,4 @@ def x64():
 
 
 def seed_cases():
-    path = SHARED / "cases" / "seed_examples.json"
-    if not path.exists():
-        return []
-    return json.loads(path.read_text())["cases"]
+    return json.loads(SEED_CASES.read_text())["cases"]

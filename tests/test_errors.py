@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxloss as jl
@@ -187,6 +188,127 @@ CASES = [
         r"logit_softcap must be > 0",
     ),
     ("list logits", lambda: jl.softmax("abc"), TypeError, r"x must"),
+    (
+        "None logits",
+        lambda: jl.cross_entropy(None, Y),
+        TypeError,
+        r"logits must be an array, got None",
+    ),
+    (
+        "None targets",
+        lambda: jl.cross_entropy(X, None),
+        TypeError,
+        r"targets must be an array, got None",
+    ),
+    ("None x", lambda: jl.log_softmax(None), TypeError, r"x must be an array, got None"),
+    (
+        "None w",
+        lambda: jl.linear_cross_entropy(X, None, Y),
+        TypeError,
+        r"w must be an array, got None",
+    ),
+    (
+        "ragged logits",
+        lambda: jl.cross_entropy([[1.0, 2.0], [3.0]], [0, 1]),
+        ValueError,
+        r"logits must be a rectangular array",
+    ),
+    (
+        "ragged targets",
+        lambda: jl.binary_cross_entropy_with_logits(X, [[0.0, 1.0], [1.0]]),
+        ValueError,
+        r"targets must be a rectangular array",
+    ),
+    (
+        "object array",
+        lambda: jl.kl_div(X, [[0.1, None, 0.2]] * 4),
+        ValueError,
+        r"target must be a rectangular array of numbers",
+    ),
+    (
+        "infinite softcap",
+        lambda: jl.cross_entropy(X, Y, logit_softcap=float("inf")),
+        ValueError,
+        r"logit_softcap must be > 0 and finite, got inf",
+    ),
+    (
+        "nan softcap",
+        lambda: jl.cross_entropy(X, Y, logit_softcap=float("nan")),
+        ValueError,
+        r"logit_softcap must be > 0 and finite, got nan",
+    ),
+    (
+        "negative softcap",
+        lambda: jl.linear_cross_entropy(X, jnp.ones((3, 5)), Y, logit_softcap=-1.0),
+        ValueError,
+        r"logit_softcap must be > 0",
+    ),
+    (
+        "infinite z_loss",
+        lambda: jl.cross_entropy(X, Y, z_loss=float("inf")),
+        ValueError,
+        r"z_loss must be >= 0 and finite, got inf",
+    ),
+    (
+        "nan label_smoothing",
+        lambda: jl.cross_entropy(X, Y, label_smoothing=float("nan")),
+        ValueError,
+        r"label_smoothing must be in \[0, 1\], got nan",
+    ),
+    (
+        "bool label_smoothing",
+        lambda: jl.cross_entropy(X, Y, label_smoothing=True),
+        TypeError,
+        r"label_smoothing must be a real number, got True",
+    ),
+    (
+        "string z_loss",
+        lambda: jl.cross_entropy(X, Y, z_loss="0.1"),
+        TypeError,
+        r"z_loss must be a real number",
+    ),
+    (
+        "no classes",
+        lambda: jl.cross_entropy(jnp.zeros((4, 0)), jnp.zeros(4, int)),
+        ValueError,
+        r"logits must have at least one class along axis 1",
+    ),
+    (
+        "no classes, nll",
+        lambda: jl.nll_loss(jnp.zeros((0, 4)), jnp.zeros(4, int), axis=0),
+        ValueError,
+        r"log_probs must have at least one class along axis 0",
+    ),
+    (
+        "empty vocabulary",
+        lambda: jl.linear_cross_entropy(X, jnp.zeros((3, 0)), Y),
+        ValueError,
+        r"w must have at least one vocabulary entry",
+    ),
+    (
+        "int64 targets beyond int32 without x64",
+        lambda: jl.cross_entropy(X, np.array([0, 1, 2**33, 0], np.int64)),
+        ValueError,
+        r"targets holds int64 values in \[0, 8589934592\], outside the range of int32",
+    ),
+    (
+        "Python int beyond int64",
+        lambda: jl.nll_loss(X, [0, 1, 2**70, 0]),
+        ValueError,
+        r"targets must be a rectangular array of numbers.*integer beyond 64 bits",
+    ),
+    (
+        "None ignore_index",
+        lambda: jl.cross_entropy(X, Y, ignore_index=None),
+        TypeError,
+        r"ignore_index must be a Python int, got None",
+    ),
+    (
+        "None reduction",
+        lambda: jl.kl_div(X, P, reduction=None),
+        ValueError,
+        r"reduction must be one of",
+    ),
 ]
 
 

@@ -187,3 +187,123 @@ def test_probability_targets_with_masked_classes_stay_finite():
     assert grad[0, 1] == 0.0 and np.all(np.asarray(grad[:, 3]) == 0.0)
     per_row = jax.vmap(lambda a, b: jl.cross_entropy(a, b, where=where, label_smoothing=0.1))(x, t)
     np.testing.assert_allclose(per_row.mean(), want, rtol=1e-6)
+
+
+# --- Edges: each has a stated answer (docs/pytorch.md lists where PyTorch differs). ---
+
+EMPTY_CASES = [
+    ("cross_entropy, index", lambda r: jl.cross_entropy(jnp.zeros((0, 3)), jnp.zeros(0, int), **r)),
+    ("cross_entropy, probs", lambda r: jl.cross_entropy(jnp.zeros((0, 3)), jnp.zeros((0, 3)), **r)),
+    ("nll_loss", lambda r: jl.nll_loss(jnp.zeros((0, 3)), jnp.zeros(0, int), **r)),
+    (
+        "bce with logits",
+        lambda r: jl.binary_cross_entropy_with_logits(jnp.zeros(0), jnp.zeros(0), **r),
+    ),
+    ("bce", lambda r: jl.binary_cross_entropy(jnp.zeros(0), jnp.zeros(0), **r)),
+    ("kl_div", lambda r: jl.kl_div(jnp.zeros((0, 3)), jnp.zeros((0, 3)), **r)),
+    (
+        "linear_cross_entropy",
+        lambda r: jl.linear_cross_entropy(
+            jnp.zeros((0, 4)), jnp.ones((4, 3)), jnp.zeros(0, int), **r
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("call", [c[1] for c in EMPTY_CASES], ids=[c[0] for c in EMPTY_CASES])
+def test_a_batch_of_zero_elements_has_mean_and_sum_zero_and_an_empty_none(call):
+    assert call({"reduction": "mean"}) == 0.0
+    assert call({"reduction": "sum"}) == 0.0
+    assert call({"reduction": "none"}).size == 0
+
+
+def test_an_empty_batch_has_an_empty_gradient_and_kl_batchmean_zero():
+    grad = jax.grad(jl.cross_entropy)(jnp.zeros((0, 3)), jnp.zeros(0, int))
+    assert grad.shape == (0, 3)
+    assert jl.kl_div(jnp.zeros((0, 3)), jnp.zeros((0, 3)), reduction="batchmean") == 0.0
+    assert jl.log_softmax(jnp.zeros((0, 3))).shape == (0, 3)
+
+
+def test_a_plus_inf_logit_makes_its_row_nan_in_every_softmax_loss():
+    x = jnp.array([[jnp.inf, 0.0, 1.0], [0.5, jnp.inf, 1.0], [0.0, 1.0, 2.0]])
+    y = jnp.array([0, 2, 1])
+    t = jax.nn.softmax(jnp.ones((3, 3)))
+    for per in (
+        jl.cross_entropy(x, y, reduction="none"),
+        jl.cross_entropy(x, y, label_smoothing=0.1, reduction="none"),
+        jl.cross_entropy(x, t, reduction="none"),
+        jl.nll_loss(jl.log_softmax(x), y, reduction="none"),
+    ):
+        np.testing.assert_array_equal(np.isnan(per), [True, True, False])
+    grad = jax.grad(lambda v: jl.cross_entropy(v, y, reduction="sum"))(x)
+    assert np.all(np.isnan(grad[:2])) and np.all(np.isfinite(grad[2]))
+    # logits that overflow inside linear_cross_entropy's matmul do the same
+    h = jnp.array([[1e30, 0.0], [0.1, 0.2]])
+    w = jnp.array([[1e10, -1e10, 0.0], [1.0, 2.0, 3.0]])
+    per = jl.linear_cross_entropy(h, w, jnp.array([0, 1]), reduction="none")
+    np.testing.assert_array_equal(np.isnan(per), [True, False])
+
+
+def test_log_sigmoid_and_bce_with_logits_take_their_limits_at_infinity():
+    x = jnp.array([jnp.inf, -jnp.inf, jnp.inf, -jnp.inf])
+    np.testing.assert_array_equal(jl.log_sigmoid(x[:2]), [0.0, -jnp.inf])
+    per = jl.binary_cross_entropy_with_logits(x, jnp.array([1.0, 0.0, 0.0, 1.0]), reduction="none")
+    np.testing.assert_array_equal(per, [0.0, 0.0, jnp.inf, jnp.inf])
+    soft = jl.binary_cross_entropy_with_logits(x[:1], jnp.array([0.5]), reduction="none")
+    assert soft[0] == jnp.inf
+
+
+def test_kl_div_of_a_negative_or_nan_target_is_nan():
+    log_q = jnp.log(jnp.array([0.2, 0.3, 0.5]))
+    per = jl.kl_div(log_q, jnp.array([-0.1, jnp.nan, 0.5]), reduction="none")
+    assert np.isnan(per[0]) and np.isnan(per[1]) and np.isfinite(per[2])
+    # with log_target any real target is a log-probability
+    assert np.all(np.isfinite(jl.kl_div(log_q, jnp.array([-3.0, 0.0, 2.0]), log_target=True)))
+
+
+def test_binary_cross_entropy_outside_the_unit_interval_is_nan():
+    probs = jnp.array([0.3, 0.3, 1.5, -0.5, 0.3])
+    targets = jnp.array([1.5, -0.5, 1.0, 0.0, 1.0])
+    per = jl.binary_cross_entropy(probs, targets, reduction="none")
+    np.testing.assert_array_equal(np.isnan(per), [True, True, True, True, False])
+    grad = jax.grad(lambda p: jl.binary_cross_entropy(p, targets, reduction="sum"))(probs)
+    np.testing.assert_array_equal(np.isnan(grad), [True, True, True, True, False])
+
+
+def test_float16_element_losses_beyond_the_range_are_inf_and_the_mean_is_rounded_once():
+    x = jnp.array([[6e4, -6e4, 0.0], [0.0, 0.0, 0.0]], jnp.float16)
+    y = jnp.array([1, 0])
+    per = jl.cross_entropy(x, y, reduction="none")
+    assert per.dtype == jnp.float16 and per[0] == jnp.inf and np.isfinite(per[1])
+    mean = jl.cross_entropy(x, y)
+    np.testing.assert_allclose(float(mean), (1.2e5 + np.log(3)) / 2, rtol=1e-3)
+    assert jl.cross_entropy(x, y, reduction="sum") == jnp.inf  # 1.2e5 does not fit
+
+
+def test_log_softmax_gradient_where_a_finite_input_overflows_to_minus_inf():
+    x = jnp.array([3e38, -3e38], jnp.float32)
+    assert jl.log_softmax(x)[1] == -jnp.inf
+    np.testing.assert_array_equal(jax.grad(lambda v: jl.log_softmax(v)[1])(x), [-1.0, 1.0])
+    # a -inf input (a masked class) stays constant: tangent 0
+    masked = jnp.array([0.0, -jnp.inf, 1.0])
+    assert jax.grad(lambda v: jl.log_softmax(v)[2])(masked)[1] == 0.0
+
+
+def test_a_row_with_every_class_masked():
+    where = jnp.array([[False, False, False], [True, True, True]])
+    x = jnp.ones((2, 3))
+    # index targets: no class can be predicted, so the element is nan (unless ignored)
+    per = jl.cross_entropy(x, jnp.array([0, 1]), where=where, reduction="none")
+    assert np.isnan(per[0]) and np.isfinite(per[1])
+    ignored = jl.cross_entropy(x, jnp.array([-100, 1]), where=where, reduction="none")
+    assert ignored[0] == 0.0
+    # probability targets of zeros on such a row add nothing
+    t = jnp.array([[0.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    per = jl.cross_entropy(x, t, where=where, reduction="none")
+    assert per[0] == 0.0 and np.isfinite(per[1])
+
+
+def test_probability_mass_on_a_class_of_probability_zero_is_a_huge_loss():
+    x = jnp.array([[-jnp.inf, 0.0, 1.0]])
+    per = jl.cross_entropy(x, jnp.array([[0.5, 0.5, 0.0]]), reduction="none")
+    assert per[0] >= 0.5 * np.finfo(np.float32).max

@@ -1,0 +1,425 @@
+"""docs/pytorch.md's tables of edges, each row run against PyTorch and jaxloss.
+
+Every row of the two tables ("Where jaxloss deliberately differs", "Where they agree")
+has one check here, keyed by the row's first cell, that asserts both the PyTorch column
+(by running PyTorch) and the jaxloss column. A row without a check, or a check without
+a row, fails ``test_every_table_row_has_a_check``. The checks skip when PyTorch is not
+installed; the test extra installs it.
+"""
+
+import pathlib
+import re
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxloss as jl
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "pytorch.md"
+TABLES = ("## Where jaxloss deliberately differs", "## Where they agree")
+INF, NAN = float("inf"), float("nan")
+
+
+def table_rows(text: str, heading: str) -> list[str]:
+    """First cells of the markdown table under ``heading``."""
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [row.split(" | ")[0][2:].strip() for row in rows[1:]]  # skip the header
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")
+
+
+_ROWS = []
+
+
+def row(situation):
+    """Registers a check for the table row whose first cell is ``situation``."""
+
+    def register(check):
+        _ROWS.append((check, situation))
+        return check
+
+    return register
+
+
+def _t(torch, value, dtype=None):
+    return torch.tensor(value, dtype=dtype or torch.float32)
+
+
+def _raises(fn, error):
+    try:
+        fn()
+    except error as err:
+        return str(err)
+    raise AssertionError(f"expected {error.__name__}")
+
+
+@row('`reduction="mean"` when every target is `ignore_index` or has class weight 0')
+def all_ignored(torch):
+    F = torch.nn.functional
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    assert np.isnan(F.cross_entropy(_t(torch, x), torch.full((3,), -100)).item())
+    w = _t(torch, [0.0, 1.0, 1.0, 1.0])
+    assert np.isnan(
+        F.cross_entropy(_t(torch, x), torch.zeros(3, dtype=torch.long), weight=w).item()
+    )
+    for targets, kwargs in [(jnp.full((3,), -100), {}), (jnp.zeros(3, int), {"weight": w.numpy()})]:
+        loss, grad = jax.value_and_grad(jl.cross_entropy)(x, targets, **kwargs)
+        assert loss == 0.0 and np.all(np.asarray(grad) == 0.0)
+
+
+@row('`reduction="mean"` over zero elements (an empty batch)')
+def empty_batch(torch):
+    F = torch.nn.functional
+    empty = torch.zeros(0, 3)
+    index = torch.zeros(0, dtype=torch.long)
+    pairs = [
+        (F.cross_entropy, jl.cross_entropy, (empty, index)),
+        (F.cross_entropy, jl.cross_entropy, (empty, empty)),
+        (F.nll_loss, jl.nll_loss, (empty, index)),
+        (F.binary_cross_entropy_with_logits, jl.binary_cross_entropy_with_logits, (empty, empty)),
+        (F.binary_cross_entropy, jl.binary_cross_entropy, (empty, empty)),
+        (F.kl_div, jl.kl_div, (empty, empty)),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # kl_div's note about "mean"
+        for theirs, ours, args in pairs:
+            mine = tuple(jnp.asarray(a.numpy()) for a in args)
+            assert np.isnan(theirs(*args).item())
+            assert ours(*mine) == 0.0
+            assert (
+                theirs(*args, reduction="sum").item() == 0.0 and ours(*mine, reduction="sum") == 0
+            )
+            assert theirs(*args, reduction="none").numel() == 0
+            assert ours(*mine, reduction="none").size == 0
+        assert np.isnan(F.kl_div(empty, empty, reduction="batchmean").item())
+    assert jl.kl_div(jnp.zeros((0, 3)), jnp.zeros((0, 3)), reduction="batchmean") == 0.0
+
+
+@row("a logit of `-inf` (or a class masked by `where`) with `label_smoothing > 0`")
+def minus_inf_with_smoothing(torch):
+    F = torch.nn.functional
+    x = [[-INF, 0.0, 1.0]]
+    assert F.cross_entropy(_t(torch, x), torch.tensor([1]), label_smoothing=0.1).item() == INF
+    ours = jl.cross_entropy(jnp.array(x), jnp.array([1]), label_smoothing=0.1)
+    want = jl.cross_entropy(jnp.array([[0.0, 1.0]]), jnp.array([0]), label_smoothing=0.1)
+    np.testing.assert_allclose(ours, want, rtol=1e-6)
+
+
+@row("a probability target of 0 on a class whose logit is `-inf`")
+def zero_target_on_minus_inf(torch):
+    F = torch.nn.functional
+    x, t = [[-INF, 0.0, 1.0]], [[0.0, 0.5, 0.5]]
+    assert np.isnan(F.cross_entropy(_t(torch, x), _t(torch, t)).item())
+    ours = jl.cross_entropy(jnp.array(x), jnp.array(t))
+    want = jl.cross_entropy(jnp.array([[0.0, 1.0]]), jnp.array([[0.5, 0.5]]))
+    np.testing.assert_allclose(ours, want, rtol=1e-6)
+
+
+@row("an index target outside `[0, C)` that is not `ignore_index`")
+def index_out_of_range(torch):
+    F = torch.nn.functional
+    _raises(lambda: F.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 3])), IndexError)
+    x = jnp.zeros((2, 3))
+    per = jl.cross_entropy(x, jnp.array([0, 3]), reduction="none")
+    grad = jax.grad(lambda v: jl.cross_entropy(v, jnp.array([0, 3]), reduction="sum"))(x)
+    assert np.isfinite(per[0]) and np.isnan(per[1])
+    assert np.all(np.isfinite(grad[0])) and np.all(np.isnan(grad[1]))
+
+
+@row("`probs` or `targets` outside `[0, 1]`, or `nan`, in `binary_cross_entropy`")
+def bce_out_of_range(torch):
+    F = torch.nn.functional
+    cases = [([1.5], [1.0]), ([-0.5], [1.0]), ([NAN], [1.0]), ([0.3], [1.5]), ([0.3], [-0.5])]
+    cases.append(([0.3], [NAN]))
+    for p, t in cases:
+        message = _raises(lambda: F.binary_cross_entropy(_t(torch, p), _t(torch, t)), RuntimeError)
+        assert "should be between 0 and 1" in message
+        loss, grad = jax.value_and_grad(jl.binary_cross_entropy)(jnp.array(p), jnp.array(t))
+        assert np.isnan(loss) and np.isnan(grad[0])
+
+
+@row("gradient of `binary_cross_entropy` at a clamped point ($p$ within ~1e-44 of 0 or 1)")
+def bce_clamped_gradient(torch):
+    p = torch.tensor([0.0], requires_grad=True)
+    torch.nn.functional.binary_cross_entropy(p, torch.tensor([1.0])).backward()
+    assert p.grad.item() == np.float32(-1e12)  # -1 / max(p (1 - p), 1e-12)
+    assert jax.grad(jl.binary_cross_entropy)(jnp.array([0.0]), jnp.array([1.0]))[0] == 0.0
+
+
+@row("`nan` logits of an element whose target is `ignore_index`")
+def nan_logits_ignored(torch):
+    F = torch.nn.functional
+    x = [[NAN, 0.0, 1.0], [0.0, 1.0, 2.0]]
+    tx = _t(torch, x).requires_grad_()
+    loss = F.cross_entropy(tx, torch.tensor([-100, 0]), reduction="none")
+    assert loss[0].item() == 0.0
+    loss.sum().backward()
+    assert torch.isnan(tx.grad[0]).all()
+    per = jl.cross_entropy(jnp.array(x), jnp.array([-100, 0]), reduction="none")
+    grad = jax.grad(lambda v: jl.cross_entropy(v, jnp.array([-100, 0])))(jnp.array(x))
+    assert per[0] == 0.0 and np.all(np.asarray(grad[0]) == 0.0) and np.all(np.isfinite(grad))
+
+
+@row("`nan` logits of an element whose class weight is 0 (without smoothing or z-loss)")
+def nan_logits_zero_weight(torch):
+    F = torch.nn.functional
+    x, y, w = [[NAN, 0.0, 1.0], [0.0, 1.0, 2.0]], [0, 1], [0.0, 1.0, 1.0]
+    per = F.cross_entropy(_t(torch, x), torch.tensor(y), weight=_t(torch, w), reduction="none")
+    assert torch.isnan(per[0])
+    ours = jl.cross_entropy(jnp.array(x), jnp.array(y), weight=jnp.array(w), reduction="none")
+    grad = jax.grad(lambda v: jl.cross_entropy(v, jnp.array(y), weight=jnp.array(w)))(jnp.array(x))
+    assert ours[0] == 0.0 and np.all(np.asarray(grad[0]) == 0.0) and np.all(np.isfinite(grad))
+
+
+@row("`nan` logit of an element whose `weight` is 0 in `binary_cross_entropy_with_logits`")
+def bce_nan_zero_weight(torch):
+    F = torch.nn.functional
+    x, t, w = [NAN, 0.3], [1.0, 0.0], [0.0, 1.0]
+    theirs = F.binary_cross_entropy_with_logits(
+        _t(torch, x), _t(torch, t), weight=_t(torch, w), reduction="none"
+    )
+    assert torch.isnan(theirs[0])
+    loss, grad = jax.value_and_grad(
+        lambda v: jl.binary_cross_entropy_with_logits(v, jnp.array(t), weight=jnp.array(w))
+    )(jnp.array(x))
+    assert np.isfinite(loss) and grad[0] == 0.0
+
+
+@row("`binary_cross_entropy_with_logits` at a logit of `+inf` or `-inf` with a target of 0 or 1")
+def bce_infinite_logits(torch):
+    F = torch.nn.functional
+    x, t = [INF, INF, -INF, -INF], [1.0, 0.0, 1.0, 0.0]
+    theirs = F.binary_cross_entropy_with_logits(_t(torch, x), _t(torch, t), reduction="none")
+    np.testing.assert_array_equal(theirs.numpy(), [NAN, INF, NAN, NAN])
+    ours = jl.binary_cross_entropy_with_logits(jnp.array(x), jnp.array(t), reduction="none")
+    np.testing.assert_array_equal(ours, [0.0, INF, INF, 0.0])
+    grad = jax.grad(
+        lambda v: jl.binary_cross_entropy_with_logits(v, jnp.array(t), reduction="sum")
+    )(jnp.array(x))
+    np.testing.assert_array_equal(grad, [0.0, 1.0, -1.0, 0.0])  # sigma(x) - t
+
+
+@row(
+    "`kl_div` where the target is 0 and `log_input` is `-inf` (also `log_target=True` with "
+    "both `-inf`)"
+)
+def kl_zero_target(torch):
+    F = torch.nn.functional
+    log_q, t = [-INF, -0.5], [0.0, 0.5]
+    assert torch.isnan(F.kl_div(_t(torch, log_q), _t(torch, t), reduction="none")[0])
+    log_t = [-INF, -1.0]
+    both = F.kl_div(_t(torch, log_q), _t(torch, log_t), reduction="none", log_target=True)
+    assert torch.isnan(both[0])
+    assert jl.kl_div(jnp.array(log_q), jnp.array(t), reduction="none")[0] == 0.0
+    assert jl.kl_div(jnp.array(log_q), jnp.array(log_t), reduction="none", log_target=True)[0] == 0
+
+
+@row("gradient of `kl_div` with respect to a target entry of 0")
+def kl_gradient_at_zero_target(torch):
+    F = torch.nn.functional
+    for dtype, reduction in [(torch.float32, "none"), (torch.float64, "batchmean")]:
+        t = torch.tensor([[0.0, 0.5, 0.5]], dtype=dtype, requires_grad=True)
+        log_q = torch.tensor([[-1.0, -2.0, -0.5]], dtype=dtype)
+        F.kl_div(log_q, t, reduction=reduction).sum().backward()
+        assert torch.isnan(t.grad[0, 0]) and torch.isfinite(t.grad[0, 1:]).all()
+    g = jax.grad(jl.kl_div, argnums=1)(
+        jnp.array([[-1.0, -2.0, -0.5]]), jnp.array([[0.0, 0.5, 0.5]])
+    )
+    assert g[0, 0] == 0.0 and np.all(np.isfinite(g))
+
+
+@row("`kl_div` target of another shape")
+def kl_shape(torch):
+    F = torch.nn.functional
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert F.kl_div(torch.zeros(2, 3), torch.full((1, 3), 0.5), reduction="none").shape == (
+            2,
+            3,
+        )
+    with pytest.raises(ValueError, match="target must have log_input's shape"):
+        jl.kl_div(jnp.zeros((2, 3)), jnp.full((1, 3), 0.5))
+
+
+@row("float16 elements whose loss exceeds 65504")
+def float16_overflow(torch):
+    F = torch.nn.functional
+    x = [[6e4, -6e4, 0.0], [0.0, 0.0, 0.0]]
+    y = [1, 0]
+    theirs = F.cross_entropy(_t(torch, x, torch.float16), torch.tensor(y), reduction="none")
+    assert theirs[0].item() == INF
+    assert F.cross_entropy(_t(torch, x, torch.float16), torch.tensor(y)).item() == INF
+    x16 = jnp.array(x, jnp.float16)
+    assert jl.cross_entropy(x16, jnp.array(y), reduction="none")[0] == INF
+    mean = jl.cross_entropy(x16, jnp.array(y))  # (1.2e5 + log 3) / 2 = 6.0e4 < 65504
+    assert mean.dtype == jnp.float16 and np.isfinite(mean)
+    np.testing.assert_allclose(float(mean), (1.2e5 + np.log(3)) / 2, rtol=1e-3)
+
+
+@row("class weights that require a gradient")
+def weight_gradient(torch):
+    w = torch.ones(3, requires_grad=True)
+    message = _raises(
+        lambda: torch.nn.functional.cross_entropy(
+            torch.zeros(2, 3), torch.tensor([0, 1]), weight=w
+        ),
+        RuntimeError,
+    )
+    assert "not differentiable with respect to argument 'weight'" in message
+    x = jnp.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]])
+    g = jax.grad(lambda v: jl.cross_entropy(x, jnp.array([0, 1]), weight=v))(jnp.ones(3))
+    assert np.all(np.isfinite(g)) and np.any(np.asarray(g) != 0.0)
+
+
+@row("class-index targets of dtype `int8`, `int16`, `int32` (or `uint16`, `uint32`)")
+def integer_target_dtypes(torch):
+    F = torch.nn.functional
+    x = np.random.default_rng(1).normal(size=(3, 5)).astype(np.float32)
+    want = jl.cross_entropy(x, jnp.array([0, 1, 4]))
+    for torch_dtype, np_dtype in [
+        (torch.int8, np.int8),
+        (torch.int16, np.int16),
+        (torch.int32, np.int32),
+    ]:
+        message = _raises(
+            lambda: F.cross_entropy(_t(torch, x), torch.tensor([0, 1, 4], dtype=torch_dtype)),
+            RuntimeError,
+        )
+        assert "Long or Byte" in message
+        assert jl.cross_entropy(x, np.array([0, 1, 4], np_dtype)) == want
+    for np_dtype in (np.uint16, np.uint32):
+        assert jl.cross_entropy(x, np.array([0, 1, 4], np_dtype)) == want
+
+
+@row("logits with no classes (class axis of length 0)")
+def no_classes(torch):
+    _raises(
+        lambda: torch.nn.functional.cross_entropy(
+            torch.zeros(2, 0), torch.zeros(2, dtype=torch.long)
+        ),
+        IndexError,
+    )
+    with pytest.raises(ValueError, match="logits must have at least one class"):
+        jl.cross_entropy(jnp.zeros((2, 0)), jnp.zeros(2, int))
+
+
+@row(
+    "a logit of `+inf` in a counted element of `cross_entropy` (target class or not), or in "
+    "`log_softmax`/`softmax`"
+)
+def plus_inf_logit(torch):
+    F = torch.nn.functional
+    x = [[INF, 0.0, 1.0], [INF, 0.0, 1.0], [0.0, 1.0, 2.0]]
+    y = [0, 1, 2]
+    theirs = F.cross_entropy(_t(torch, x), torch.tensor(y), reduction="none")
+    assert torch.isnan(theirs[:2]).all() and torch.isfinite(theirs[2])
+    assert torch.isnan(F.log_softmax(_t(torch, x[0]), 0)).all()
+    assert torch.isnan(F.softmax(_t(torch, x[0]), 0)).all()
+    ours = jl.cross_entropy(jnp.array(x), jnp.array(y), reduction="none")
+    assert np.all(np.isnan(ours[:2])) and np.isfinite(ours[2])
+    assert np.all(np.isnan(jl.log_softmax(jnp.array(x[0])))) and np.all(
+        np.isnan(jl.softmax(jnp.array(x[0])))
+    )
+
+
+@row("a `nan` logit in a counted element")
+def nan_logit(torch):
+    F = torch.nn.functional
+    x, y = [[NAN, 0.0, 1.0], [0.0, 1.0, 2.0]], [1, 0]
+    theirs = F.cross_entropy(_t(torch, x), torch.tensor(y), reduction="none")
+    assert torch.isnan(theirs[0]) and torch.isfinite(theirs[1])
+    assert torch.isnan(F.cross_entropy(_t(torch, x), torch.tensor(y)))
+    ours = jl.cross_entropy(jnp.array(x), jnp.array(y), reduction="none")
+    assert np.isnan(ours[0]) and np.isfinite(ours[1])
+    assert np.isnan(jl.cross_entropy(jnp.array(x), jnp.array(y)))
+
+
+@row("gradient of `log_softmax` where a float32 output overflows to `-inf` (`x = [3e38, -3e38]`)")
+def log_softmax_overflow_gradient(torch):
+    x = torch.tensor([3e38, -3e38], requires_grad=True)
+    y = torch.nn.functional.log_softmax(x, 0)
+    y[1].backward()
+    assert y[1].item() == -INF
+    np.testing.assert_array_equal(x.grad.numpy(), [-1.0, 1.0])
+    v = jnp.array([3e38, -3e38], jnp.float32)
+    assert jl.log_softmax(v)[1] == -INF
+    np.testing.assert_array_equal(jax.grad(lambda z: jl.log_softmax(z)[1])(v), [-1.0, 1.0])
+
+
+@row("`ignore_index` that the targets' dtype cannot hold (the default -100 with `uint8` targets)")
+def unrepresentable_ignore_index(torch):
+    F = torch.nn.functional
+    x = np.random.default_rng(2).normal(size=(3, 200)).astype(np.float32)
+    y = [156, 3, 7]
+    theirs = F.cross_entropy(_t(torch, x), torch.tensor(y, dtype=torch.uint8), reduction="none")
+    ours = jl.cross_entropy(x, np.array(y, np.uint8), reduction="none")
+    as_int64 = F.cross_entropy(_t(torch, x), torch.tensor(y), reduction="none")
+    np.testing.assert_allclose(theirs.numpy(), as_int64.numpy())
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5)
+    assert ours[0] > 0.0
+
+
+@row("`binary_cross_entropy_with_logits` with a target outside `[0, 1]`")
+def bce_target_outside(torch):
+    F = torch.nn.functional
+    x, t = [0.3, 0.3], [1.5, -0.5]
+    theirs = F.binary_cross_entropy_with_logits(_t(torch, x), _t(torch, t), reduction="none")
+    ours = jl.binary_cross_entropy_with_logits(jnp.array(x), jnp.array(t), reduction="none")
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-6)
+    sp = np.log1p(np.exp(-0.3))  # softplus(-x); softplus(x) = x + softplus(-x)
+    np.testing.assert_allclose(
+        ours, [1.5 * sp - 0.5 * (0.3 + sp), -0.5 * sp + 1.5 * (0.3 + sp)], rtol=1e-6
+    )
+
+
+CHECKS = {situation: check for check, situation in _ROWS}
+
+
+def test_every_table_row_has_a_check():
+    text = PAGE.read_text()
+    rows = [row for heading in TABLES for row in table_rows(text, heading)]
+    assert len(rows) == len(set(rows))
+    assert set(rows) == set(CHECKS), {
+        "rows without a check": sorted(set(rows) - set(CHECKS)),
+        "checks without a row": sorted(set(CHECKS) - set(rows)),
+    }
+
+
+@pytest.mark.parametrize("situation", list(CHECKS), ids=[f.__name__ for f in CHECKS.values()])
+def test_row_holds_in_pytorch_and_jaxloss(torch, situation):
+    assert re.search(r"^2\.13\.", torch.__version__), torch.__version__
+    CHECKS[situation](torch)
+
+
+def test_forward_and_higher_order_derivatives_work_in_both(torch):
+    """The closing paragraph: torch.func.jvp, jacfwd and hessian run on PyTorch's losses
+    (only the class weight has no gradient there), as jax.jvp and jax.hessian do here."""
+    from torch.func import hessian, jacfwd, jvp
+
+    F = torch.nn.functional
+    x = torch.randn(3, 4, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1])
+    p = torch.softmax(torch.randn(3, 4, dtype=torch.float64), -1)
+    losses = [
+        lambda z: F.cross_entropy(z, y),
+        lambda z: F.cross_entropy(z, p),
+        lambda z: F.nll_loss(z.log_softmax(-1), y),
+        lambda z: F.binary_cross_entropy_with_logits(z, p),
+        lambda z: F.binary_cross_entropy(torch.sigmoid(z), p),
+        lambda z: F.kl_div(z.log_softmax(-1), p, reduction="batchmean"),
+        lambda z: F.log_softmax(z, -1).sum(),
+        lambda z: F.logsigmoid(z).sum(),
+    ]
+    for loss in losses:
+        _, tangent = jvp(loss, (x,), (torch.ones_like(x),))
+        assert torch.isfinite(tangent)
+        assert jacfwd(torch.func.grad(loss))(x).shape == (3, 4, 3, 4)
+        assert torch.isfinite(hessian(loss)(x)).all()

@@ -21,7 +21,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import jax
@@ -39,7 +39,7 @@ def _block(tree):
     return jax.tree.map(lambda a: a.block_until_ready(), tree)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def interleaved_medians(fns: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds of each thunk, calling them in rotating order ``repeats`` times."""
     for fn in fns.values():  # compile and warm up
         _block(fn())
@@ -69,7 +69,7 @@ def _environment() -> dict:
 def _loss_cases(n: int, c: int, dtype):
     """(name, jaxloss fn, baseline fn, baseline name, operands, bytes that must move)."""
     try:
-        import optax
+        import optax  # type: ignore[import-untyped]
     except ImportError:  # the core package does not depend on optax
         optax = None
     keys = jax.random.split(jax.random.key(0), 3)
@@ -187,8 +187,10 @@ def _print_loss_row(row) -> None:
 
 
 def compiled_temp_bytes(fn, *args) -> int:
-    compiled = jax.jit(fn).lower(*args).compile()
-    return int(compiled.memory_analysis().temp_size_in_bytes)
+    analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+    if analysis is None:  # a backend without memory analysis
+        return -1
+    return int(analysis.temp_size_in_bytes)
 
 
 _RSS_SCRIPT = """
@@ -261,7 +263,12 @@ def run_linear(
             }
             row["temp_ratio"] = row["fused_temp_bytes"] / row["naive_temp_bytes"]
             flops = 6 * n * h * v
-            if flops <= time_limit_flops:
+            if flops > time_limit_flops:
+                row["not_timed"] = (
+                    f"6·N·H·V = {flops / 1e12:.1f} TFLOP per call is above "
+                    f"--max-linear-tflop {time_limit_flops / 1e12:g}"
+                )
+            else:
                 keys = jax.random.split(jax.random.key(1), 3)
                 xv = jax.random.normal(keys[0], (n, h), jnp.float32).astype(dtype)
                 wv = (jax.random.normal(keys[1], (h, v), jnp.float32) / h**0.5).astype(dtype)
@@ -291,7 +298,7 @@ def _print_linear_row(row) -> None:
         f"  time fused {row['fused_s']:.3f} s  naive {row['naive_s']:.3f} s  "
         f"ratio {row['time_ratio']:.2f}"
         if "fused_s" in row
-        else "  (not timed)"
+        else f"  not timed: {row['not_timed']}"
     )
     if row.get("fused_rss_growth") and row.get("naive_rss_growth"):
         timing += (
@@ -304,6 +311,74 @@ def _print_linear_row(row) -> None:
         f"{row['naive_temp_bytes'] / mib:9.1f} MiB  ratio {row['temp_ratio']:.4f}{timing}",
         flush=True,
     )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms"
+
+
+def _mib(count: float) -> str:
+    return f"{count / 2**20:.1f} MiB"
+
+
+def losses_table(rows: list[dict]) -> str:
+    """The losses rows as the markdown table the docs quote."""
+    lines = [
+        "| benchmark | shape | dtype | jaxloss | baseline | jaxloss / baseline "
+        "| copy floor | jaxloss / copy | jaxloss GB/s | copy GB/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = f"{r['baseline']}: {_ms(r['baseline_s'])}" if r["baseline_s"] else "n/a"
+        ratio = f"{r['jaxloss_vs_baseline']:.2f}" if r["baseline_s"] else "n/a"
+        lines.append(
+            f"| {r['benchmark']} | {'×'.join(map(str, r['shape']))} | {r['dtype']} "
+            f"| {_ms(r['jaxloss_s'])} | {base} | {ratio} | {_ms(r['copy_s'])} "
+            f"| {r['jaxloss_vs_copy']:.2f} | {r['jaxloss_GBps']:.1f} | {r['copy_GBps']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def linear_table(rows: list[dict]) -> str:
+    """The linear_cross_entropy rows as the markdown table the docs quote."""
+    lines = [
+        "| N × H × V | dtype | temp bytes: fused | naive | fused / naive | time: fused "
+        "| naive | fused / naive | peak RSS growth: fused | naive |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "fused_s" in r:
+            timing = f"{r['fused_s']:.2f} s | {r['naive_s']:.2f} s | {r['time_ratio']:.2f}"
+        else:
+            timing = f"not timed: {r.get('not_timed', 'above the flop limit')} | — | —"
+        rss = "— | —"
+        if r.get("fused_rss_growth") and r.get("naive_rss_growth"):
+            rss = (
+                f"{r['fused_rss_growth'] / 2**20:.0f} MiB | {r['naive_rss_growth'] / 2**20:.0f} MiB"
+            )
+        lines.append(
+            f"| {' × '.join(map(str, r['shape']))} | {r['dtype']} "
+            f"| {_mib(r['fused_temp_bytes'])} | {_mib(r['naive_temp_bytes'])} "
+            f"| {r['temp_ratio']:.3f} | {timing} | {rss} |"
+        )
+    return "\n".join(lines)
+
+
+def environment_line(env: dict) -> str:
+    return (
+        f"{env['date']}, {env['backend']} ({env['device']}, {env['machine']}), "
+        f"jax {env['jax']}, Python {env['python']}"
+    )
+
+
+def report(result: dict) -> str:
+    """Markdown for a saved result: the environment line and its tables."""
+    parts = [environment_line(result["environment"])]
+    if result.get("losses"):
+        parts.append(losses_table(result["losses"]))
+    if result.get("linear"):
+        parts.append(linear_table(result["linear"]))
+    return "\n\n".join(parts)
 
 
 def plot(result: dict, path: str) -> None:
@@ -395,12 +470,21 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the command runs")
     parser.add_argument("--json", dest="json_path", help="write the results to this file")
     parser.add_argument("--plot", dest="plot_path", help="draw the ratios to this PNG")
+    parser.add_argument(
+        "--report",
+        metavar="JSON",
+        help="print the markdown tables of a saved --json result and exit (runs nothing)",
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            print(report(json.load(f)))
+        return 0
     dtypes = [jnp.dtype(d) for d in args.dtypes.split(",")]
     sizes = args.sizes or (SMOKE_LOSS_SIZES if args.smoke else DEFAULT_LOSS_SIZES)
     shapes = args.shapes or (SMOKE_LINEAR_SHAPES if args.smoke else DEFAULT_LINEAR_SHAPES)
     repeats = 3 if args.smoke and args.repeats == 7 else args.repeats
-    result = {"environment": _environment()}
+    result: dict[str, object] = {"environment": _environment()}
     print(json.dumps(result["environment"]), flush=True)
     if args.which in ("all", "losses"):
         result["losses"] = run_losses(sizes, dtypes, repeats)

@@ -61,3 +61,14 @@ def test_interleaved_medians_calls_each_thunk_repeat_times_plus_warmup():
     times = interleaved_medians({"a": make("a"), "b": make("b")}, repeats=4)
     assert calls == {"a": 5, "b": 5}
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+
+
+def test_a_linear_shape_above_the_flop_limit_says_it_was_not_timed_and_why(capsys):
+    from jaxloss.benchmark import run_linear
+
+    (row,) = run_linear(((16, 8, 32),), ["float32"], 1, time_limit_flops=0.0, measure_rss=False)
+    assert "fused_s" not in row
+    assert row["not_timed"].startswith("6·N·H·V = 0.0 TFLOP per call is above --max-linear-tflop")
+    assert "not timed: 6·N·H·V" in capsys.readouterr().out
+    (row,) = run_linear(((16, 8, 32),), ["float32"], 1, time_limit_flops=1e12, measure_rss=False)
+    assert row["time_ratio"] > 0 and "not_timed" not in row

@@ -1,0 +1,658 @@
+"""The docs' statements about behaviour, each an assertion that runs.
+
+Every entry of ``CLAIMS`` quotes a passage of a page verbatim (whitespace aside) and
+checks what it says: about jaxloss, PyTorch (skipped without it) or optax (skipped
+without it). ``test_every_quoted_passage_is_in_its_page`` fails when the page no
+longer says it, so text and check move together. The formulas of docs/gradients.md
+are checked in float64 against ``jax.grad``/``jax.hessian``; the measured tables of
+docs/benchmarks.md and docs/large-vocab.md are rendered from docs/measurements/*.json
+and must appear in the pages as they are, with no other figure in those sections.
+
+Statements checked elsewhere name their test: docs/pytorch.md's tables
+(tests/test_pytorch.py), offsets, dtypes, nan and ignored elements
+(tests/test_properties.py), sharding (tests/test_sharding.py), the CIFAR-10 example
+(tests/test_cifar10_example.py); every python block of every page runs in
+tests/test_docs.py.
+"""
+
+import ast
+import json
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxloss as jl
+from jaxloss import benchmark
+from jaxloss._linear import CHUNK_BYTES, auto_chunk_size
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+CLAIMS = []
+
+
+def claim(page, *passages):
+    """Registers a check of ``passages`` (quoted from ``page``)."""
+
+    def register(check):
+        CLAIMS.append((page, passages, check))
+        return check
+
+    return register
+
+
+def _normalized(text):
+    return re.sub(r"\s+", " ", text)
+
+
+def _page(page):
+    return (ROOT / page).read_text()
+
+
+def _close(a, b, tol=1e-10):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
+def _x(shape, seed=0, scale=2.0):
+    return scale * jax.random.normal(jax.random.key(seed), shape, jnp.float64)
+
+
+def _p(shape, seed=1):
+    return jax.nn.softmax(jax.random.normal(jax.random.key(seed), shape, jnp.float64))
+
+
+# --- docs/gradients.md ---------------------------------------------------------------
+
+
+@claim("docs/gradients.md", r"\frac{\partial y_i}{\partial x_j} = \delta_{ij} - p_j")
+def log_softmax_jacobian():
+    x = _x((5,))
+    p = jax.nn.softmax(x)
+    _close(jax.jacobian(jl.log_softmax)(x), jnp.eye(5) - p[None, :])
+
+
+@claim("docs/gradients.md", r"the Jacobian $\operatorname{diag}(p) - p p^\top$")
+def softmax_jacobian():
+    x = _x((5,))
+    p = jax.nn.softmax(x)
+    _close(jax.jacobian(jl.softmax)(x), jnp.diag(p) - jnp.outer(p, p))
+
+
+def _table_coefficients(x, kind, w, eps, y=None, t=None):
+    """The coefficient table of docs/gradients.md, row by row."""
+    c = x.shape[-1]
+    if kind == "index":
+        return w[y][:, None] * jax.nn.one_hot(y, c, dtype=x.dtype)
+    if kind == "index smoothed":
+        return (1 - eps) * w[y][:, None] * jax.nn.one_hot(y, c, dtype=x.dtype) + eps / c * w
+    if kind == "probs":
+        return w * t
+    return w * ((1 - eps) * t + eps / c)
+
+
+@claim(
+    "docs/gradients.md",
+    r"\ell = \sum_c a_c\,(-\log p_c) = \sum_c a_c\,(\operatorname{lse}(x) - x_c).",
+    r"| index $y$, smoothing $\varepsilon$ |",
+    r"$(1-\varepsilon)\,w_y\,[c = y] + \frac{\varepsilon}{K} w_c$ |",
+    r"| probabilities $t$, smoothing $\varepsilon$ |",
+    r"$w_c\big((1-\varepsilon)t_c + \frac{\varepsilon}{K}\big)$ |",
+    r"\frac{\partial \ell}{\partial x_j} = \sum_c a_c (p_j - [c = j]) = S\,p_j - a_j,",
+)
+def coefficient_table_and_logit_gradient():
+    x, t = _x((4, 5)), _p((4, 5))
+    y = jnp.array([0, 3, 4, 1])
+    w = jnp.array([0.5, 1.0, 2.0, 1.5, 0.7])
+    lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    p = jax.nn.softmax(x)
+    for kind in ("index", "index smoothed", "probs", "probs smoothed"):
+        eps = 0.2 if "smoothed" in kind else 0.0
+        targets = y if kind.startswith("index") else t
+        a = _table_coefficients(x, kind, w, eps, y, t)
+
+        def loss(v, targets=targets, eps=eps):
+            return jl.cross_entropy(v, targets, weight=w, label_smoothing=eps, reduction="none")
+
+        _close(loss(x), jnp.sum(a * (lse - x), axis=-1))
+        grad = jax.grad(lambda v: jnp.sum(loss(v)))(x)
+        _close(grad, a.sum(-1, keepdims=True) * p - a)
+    ignored = jl.cross_entropy(x, y.at[1].set(-100), weight=w, reduction="none")
+    assert ignored[1] == 0.0  # the `ignore_index` row: a = 0
+
+
+@claim(
+    "docs/gradients.md",
+    r"\ell = (1-\varepsilon)\,w_y\big((m - x_y) + \log s\big)",
+    r"+ \frac{\varepsilon}{K}\Big(\sum_{c \in L} w_c (m - x_c) + W \log s\Big),",
+    r"For probability targets the loss is $S\log s + \sum_c a_c (m - x_c)$",
+)
+def evaluated_forms():
+    x = _x((4, 5)).at[2, 1].set(-jnp.inf)  # one class not live in row 2
+    y = jnp.array([0, 3, 4, 1])
+    w = jnp.array([0.5, 1.0, 2.0, 1.5, 0.7])
+    eps = 0.3
+    m = jnp.max(x, axis=-1)
+    s = jnp.sum(jnp.exp(x - m[:, None]), axis=-1)
+    live = jnp.isfinite(x)
+    k = live.sum(-1)
+    big_w = jnp.sum(jnp.where(live, w, 0.0), axis=-1)
+    x_y = jnp.take_along_axis(x, y[:, None], axis=1)[:, 0]
+    shifted = jnp.sum(jnp.where(live, w * (m[:, None] - x), 0.0), axis=-1)
+    want = (1 - eps) * w[y] * ((m - x_y) + jnp.log(s)) + eps / k * (shifted + big_w * jnp.log(s))
+    got = jl.cross_entropy(x, y, weight=w, label_smoothing=eps, reduction="none")
+    _close(got, want)
+    t = _p((4, 5)).at[2, 1].set(0.0)  # no mass on the -inf class
+    a = w * t
+    want = a.sum(-1) * jnp.log(s) + jnp.sum(jnp.where(a != 0, a * (m[:, None] - x), 0.0), -1)
+    _close(jl.cross_entropy(x, t, weight=w, reduction="none"), want)
+
+
+@claim(
+    "docs/gradients.md",
+    r"\frac{\partial \ell}{\partial t_c} = -(1-\varepsilon)\,w_c \log p_c, \qquad",
+    r"\frac{\partial \ell}{\partial \varepsilon} =",
+    r"\sum_c \big(a^{(0)}_c - \tfrac{w_c}{K}\big) \log p_c,",
+)
+def target_and_smoothing_derivatives():
+    x, t = _x((3, 4)), _p((3, 4))
+    w = jnp.array([0.5, 1.0, 2.0, 1.5])
+    eps = 0.2
+    log_p = jax.nn.log_softmax(x)
+
+    def loss(t, eps):
+        return jl.cross_entropy(x, t, weight=w, label_smoothing=eps, reduction="sum")
+
+    d_t, d_eps = jax.grad(loss, argnums=(0, 1))(t, eps)
+    _close(d_t, -(1 - eps) * w * log_p)
+    _close(d_eps, jnp.sum((w * t - w / 4) * log_p))
+
+
+@claim(
+    "docs/gradients.md",
+    r"$S\,(\operatorname{diag}(p) - p p^\top)$",
+    r"When $D = 0$ the mean is defined as 0 with zero gradient.",
+)
+def hessian_and_denominator():
+    x = _x((4,))
+    w = jnp.array([0.5, 1.0, 2.0, 1.5])
+    t = _p((4,))
+    p = jax.nn.softmax(x)
+    hess = jax.hessian(lambda v: jl.cross_entropy(v, t, weight=w, label_smoothing=0.1))(x)
+    big_s = jnp.sum(w * (0.9 * t + 0.1 / 4))
+    _close(hess, big_s * (jnp.diag(p) - jnp.outer(p, p)))
+    rows = _x((3, 4))
+    loss, grad = jax.value_and_grad(jl.cross_entropy)(rows, jnp.array([0, 0, 0]), weight=w * 0)
+    assert loss == 0.0 and np.all(np.asarray(grad) == 0.0)
+
+
+@claim(
+    "docs/gradients.md",
+    r"so the z-loss $z\,\operatorname{lse}^2$ has",
+    r"gradient $2 z \operatorname{lse}\cdot p$. Soft-capping $x \mapsto c\tanh(x/c)$ multiplies",
+    r"the incoming gradient by $1 - \tanh^2(x/c)$.",
+)
+def z_loss_and_softcap():
+    x = _x((3, 5))
+    y = jnp.array([0, 4, 2])
+    z, cap = 0.01, 3.0
+    p = jax.nn.softmax(x)
+    lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    grad = jax.grad(lambda v: jl.cross_entropy(v, y, z_loss=z, reduction="sum"))(x)
+    _close(grad, p - jax.nn.one_hot(y, 5) + 2 * z * lse * p)
+    capped = cap * jnp.tanh(x / cap)
+    grad = jax.grad(lambda v: jl.cross_entropy(v, y, logit_softcap=cap, reduction="sum"))(x)
+    inner = jax.nn.softmax(capped) - jax.nn.one_hot(y, 5)
+    _close(grad, inner * (1 - jnp.tanh(x / cap) ** 2))
+
+
+@claim(
+    "docs/gradients.md",
+    r"$\partial\ell/\partial \log p_c = -a_c$, $\partial\ell/\partial a_c = -\log p_c$.",
+)
+def nll_derivatives():
+    log_p = jax.nn.log_softmax(_x((3, 4)))
+    y = jnp.array([1, 0, 3])
+    w = jnp.array([0.5, 1.0, 2.0, 1.5])
+    d_lp, d_w = jax.grad(
+        lambda lp, w: jl.nll_loss(lp, y, weight=w, reduction="sum"), argnums=(0, 1)
+    )(log_p, w)
+    _close(d_lp, -w[y][:, None] * jax.nn.one_hot(y, 4))
+    picked = jnp.take_along_axis(log_p, y[:, None], 1)[:, 0]
+    _close(d_w, jnp.zeros(4).at[y].add(-picked))
+
+
+@claim(
+    "docs/gradients.md",
+    r"\frac{\partial \ell}{\partial x} = w\big(-p_w t (1 - \sigma(x)) + (1-t)\sigma(x)\big)",
+    r"= w\big((1 + (p_w - 1)t)\,\sigma(x) - p_w t\big),",
+    r"$\partial\ell/\partial w = \ell/w$ and",
+    r"$\partial\ell/\partial p_w = w\,t\operatorname{softplus}(-x)$.",
+)
+def bce_with_logits_derivatives():
+    x = _x((6,), scale=4.0)
+    t = jax.random.uniform(jax.random.key(3), (6,), jnp.float64)
+    w = jax.random.uniform(jax.random.key(4), (6,), jnp.float64, 0.5, 2.0)
+    pw = jnp.full((6,), 1.7)
+
+    def per(x, t, w, pw):
+        return jl.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw, reduction="none")
+
+    d_x, d_t, d_w, d_pw = jax.grad(lambda *a: jnp.sum(per(*a)), argnums=(0, 1, 2, 3))(x, t, w, pw)
+    sig = jax.nn.sigmoid(x)
+    sp = jax.nn.softplus
+    _close(d_x, w * (-pw * t * (1 - sig) + (1 - t) * sig))
+    _close(d_x, w * ((1 + (pw - 1) * t) * sig - pw * t))
+    _close(d_t, w * (pw * sp(-x) - sp(x)))
+    _close(d_w, per(x, t, w, pw) / w)
+    _close(d_pw, w * t * sp(-x))
+
+
+@claim(
+    "docs/gradients.md",
+    r"which is $w\,(p - t)/(p(1-p))$ away from the clamps.",
+    r"A clamped logarithm is constant, so its term contributes nothing:",
+)
+def bce_derivative():
+    p = jax.random.uniform(jax.random.key(5), (6,), jnp.float64, 0.01, 0.99)
+    t = jax.random.uniform(jax.random.key(6), (6,), jnp.float64)
+    w = jnp.linspace(0.5, 2.0, 6)
+    grad = jax.grad(lambda q: jl.binary_cross_entropy(q, t, weight=w, reduction="sum"))(p)
+    _close(grad, w * (p - t) / (p * (1 - p)))
+    at_zero = jax.grad(lambda q: jl.binary_cross_entropy(q, jnp.array([0.3]), reduction="sum"))
+    # log 0 is clamped: only the (1 - t) / (1 - p) term remains
+    _close(at_zero(jnp.array([0.0])), jnp.array([0.7]))
+
+
+@claim(
+    "docs/gradients.md",
+    r"$\partial\ell/\partial \log q = -t$ and $\partial\ell/\partial t = \log t + 1 - \log q$,",
+    r"taken as 0 at $t = 0$",
+    r"$\partial\ell/\partial\log q = -e^s$, $\partial\ell/\partial s = e^s(s - \log q + 1)$.",
+)
+def kl_derivatives():
+    log_q = jax.nn.log_softmax(_x((2, 4)))
+    t = _p((2, 4)).at[0, 0].set(0.0)
+    d_q, d_t = jax.grad(lambda q, t: jl.kl_div(q, t, reduction="sum"), argnums=(0, 1))(log_q, t)
+    _close(d_q, -t)
+    _close(d_t, jnp.where(t == 0, 0.0, jnp.log(jnp.where(t == 0, 1.0, t)) + 1 - log_q))
+    s = jnp.log(_p((2, 4), seed=7))
+    d_q, d_s = jax.grad(
+        lambda q, s: jl.kl_div(q, s, reduction="sum", log_target=True), argnums=(0, 1)
+    )(log_q, s)
+    _close(d_q, -jnp.exp(s))
+    _close(d_s, jnp.exp(s) * (s - log_q + 1))
+
+
+# --- docs/backends.md ------------------------------------------------------------------
+
+SMALL_X = jax.ShapeDtypeStruct((8, 16), jnp.float32)
+SMALL_Y = jax.ShapeDtypeStruct((8,), jnp.int32)
+
+
+def _tpu_module(fn, *shapes):
+    return jax.export.export(jax.jit(fn), platforms=["tpu"])(*shapes).mlir_module()
+
+
+@claim(
+    "docs/backends.md",
+    "`log_softmax`, `softmax`, `log_sigmoid`, `nll_loss`, `cross_entropy` (index and",
+    "`dot_general`, so the matmul precision setting does not touch them.",
+)
+def no_matmul_outside_linear():
+    losses = [
+        (lambda x: jl.log_softmax(x).sum(), (SMALL_X,)),
+        (lambda x: jl.softmax(x)[:, 0].sum(), (SMALL_X,)),
+        (lambda x: jl.log_sigmoid(x).sum(), (SMALL_X,)),
+        (lambda x, y: jl.nll_loss(x, y), (SMALL_X, SMALL_Y)),
+        (lambda x, y: jl.cross_entropy(x, y, label_smoothing=0.1), (SMALL_X, SMALL_Y)),
+        (lambda x, t: jl.cross_entropy(x, t, label_smoothing=0.1), (SMALL_X, SMALL_X)),
+        (lambda x, t: jl.binary_cross_entropy_with_logits(x, t), (SMALL_X, SMALL_X)),
+        (lambda p, t: jl.binary_cross_entropy(p, t), (SMALL_X, SMALL_X)),
+        (lambda q, t: jl.kl_div(q, t), (SMALL_X, SMALL_X)),
+    ]
+    for fn, shapes in losses:
+        assert "stablehlo.dot_general" not in _tpu_module(jax.value_and_grad(fn), *shapes)
+
+
+@claim(
+    "docs/backends.md",
+    "They use JAX's default matmul precision, exactly as `x @ w` in your own code does:",
+    "`precision = [HIGHEST, HIGHEST]` on all of",
+)
+def linear_matmul_precision():
+    w = jax.ShapeDtypeStruct((16, 32), jnp.float32)
+    fn = jax.value_and_grad(lambda x, w, y: jl.linear_cross_entropy(x, w, y), argnums=(0, 1))
+    default = _tpu_module(fn, SMALL_X, w, SMALL_Y)
+    matmuls = re.compile(r"stablehlo\.dot_general[^\n]*")
+    assert len(matmuls.findall(default)) >= 3 and "precision = [" not in default
+    plain = _tpu_module(lambda x, w: (x @ w).sum(), SMALL_X, w)
+    assert "precision = [" not in plain  # the same default as the user's own matmul
+    with jax.default_matmul_precision("highest"):
+        highest = _tpu_module(fn, SMALL_X, w, SMALL_Y)
+    found = matmuls.findall(highest)
+    assert found and all("precision = [HIGHEST, HIGHEST]" in line for line in found)
+
+
+# --- docs/large-vocab.md ---------------------------------------------------------------
+
+
+@claim("docs/large-vocab.md", "`N × V × 4` bytes in float32, 4.2 GB at N = 8192, V = 128256,")
+def logits_arithmetic():
+    assert round(8192 * 128256 * 4 / 1e9, 1) == 4.2
+
+
+@claim(
+    "docs/large-vocab.md",
+    "The chunk (`chunk_size` tokens) is chosen automatically as the largest power of",
+    "two whose float32 logits fit in 16 MiB; pass `chunk_size` to override it. The",
+    "tail is padded with ignored tokens, so any N works.",
+)
+def automatic_chunk():
+    assert CHUNK_BYTES == 16 * 2**20
+    for vocab in (1000, 32768, 128256, 256000):
+        rows = auto_chunk_size(10**6, vocab)
+        assert rows * vocab * 4 <= CHUNK_BYTES < 2 * rows * vocab * 4
+        assert rows & (rows - 1) == 0
+    x = _x((13, 4)).astype(jnp.float32)
+    w = _x((4, 9), seed=2).astype(jnp.float32)
+    y = jnp.arange(13) % 9
+    for chunk in (4, 5, 13, 16):
+        got = jl.linear_cross_entropy(x, w, y, chunk_size=chunk)
+        np.testing.assert_allclose(got, jl.cross_entropy(x @ w, y), rtol=1e-6)
+
+
+def _count_matmuls(jaxpr) -> int:
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            count += 1
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            count += _count_matmuls(sub)
+    return count
+
+
+@claim(
+    "docs/large-vocab.md",
+    "Value and gradients cost three matmuls",
+    "backward pass (four matmuls), still one chunk at a time.",
+)
+def matmul_counts():
+    x, w, y = jnp.ones((64, 8)), jnp.ones((8, 32)), jnp.zeros(64, jnp.int32)
+    for reduction, want in (("mean", 3), ("sum", 3), ("none", 4)):
+
+        def loss(x, w, reduction=reduction):
+            return jnp.sum(jl.linear_cross_entropy(x, w, y, reduction=reduction, chunk_size=16))
+
+        jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(x, w).jaxpr
+        assert _count_matmuls(jaxpr) == want, reduction
+
+
+@claim(
+    "docs/large-vocab.md",
+    "Translate `F.linear_cross_entropy(x, W, t, linear_bias=b)` as",
+    "`jl.linear_cross_entropy(x, W.T, t, bias=b)`.",
+)
+def pytorch_linear_layout():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    weight = rng.normal(size=(10, 4)).astype(np.float32)  # (V, H), as nn.Linear stores it
+    bias = rng.normal(size=(10,)).astype(np.float32)
+    t = np.array([1, 2, -100, 9, 0, 3])
+    theirs = torch.nn.functional.linear_cross_entropy(
+        torch.tensor(x), torch.tensor(weight), torch.tensor(t), linear_bias=torch.tensor(bias)
+    )
+    ours = jl.linear_cross_entropy(x, weight.T, t, bias=bias)
+    np.testing.assert_allclose(ours, theirs.item(), rtol=1e-5)
+
+
+@claim(
+    "docs/large-vocab.md",
+    "Three things of `cross_entropy`'s",
+    "are not here: `where=` (a mask over the classes), `axis` (the vocabulary is always",
+)
+def linear_options():
+    import inspect
+
+    linear = set(inspect.signature(jl.linear_cross_entropy).parameters)
+    plain = set(inspect.signature(jl.cross_entropy).parameters)
+    assert plain - linear == {"logits", "where", "axis"}
+    assert linear - plain == {"x", "w", "bias", "chunk_size"}
+    with pytest.raises(TypeError, match="targets must be integer token ids"):
+        jl.linear_cross_entropy(jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.ones((2, 4)))
+
+
+# --- docs/pytorch.md and docs/optax.md: the translation tables --------------------------
+
+
+@claim(
+    "docs/pytorch.md",
+    "| `F.cross_entropy(x, y, weight=w, ignore_index=i, reduction=r, label_smoothing=e)` "
+    "| `jl.cross_entropy(x, y, weight=w, ignore_index=i, reduction=r, label_smoothing=e)` |",
+    "| `F.cross_entropy(x, y)` with `x: (N, C, d1, ..., dK)` | `jl.cross_entropy(x, y, axis=1)`",
+    "| `F.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw)` "
+    "| `jl.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw)` |",
+    '| `F.kl_div(logq, t, reduction="batchmean", log_target=b)` '
+    '| `jl.kl_div(logq, t, reduction="batchmean", log_target=b)` |',
+)
+def pytorch_translation_table():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    y = np.array([0, 4, -100, 2, 1, 7 % 5])
+    w = rng.uniform(0.5, 2, size=5).astype(np.float32)
+    t = rng.dirichlet(np.ones(5), size=6).astype(np.float32)
+    T = torch.tensor  # noqa: N806
+
+    def same(ours, theirs):
+        np.testing.assert_allclose(np.asarray(ours), theirs.detach().numpy(), rtol=2e-5, atol=2e-6)
+
+    same(jl.log_softmax(x, axis=1), F.log_softmax(T(x), dim=1))
+    same(jl.softmax(x, axis=0), F.softmax(T(x), dim=0))
+    same(jl.log_sigmoid(x), F.logsigmoid(T(x)))
+    for r in ("mean", "sum", "none"):
+        same(
+            jl.cross_entropy(x, y, weight=w, ignore_index=-100, reduction=r, label_smoothing=0.1),
+            F.cross_entropy(
+                T(x), T(y), weight=T(w), ignore_index=-100, reduction=r, label_smoothing=0.1
+            ),
+        )
+        same(jl.cross_entropy(x, t, reduction=r), F.cross_entropy(T(x), T(t), reduction=r))
+        logp = jl.log_softmax(x)
+        same(
+            jl.nll_loss(logp, y, weight=w, reduction=r),
+            F.nll_loss(T(np.asarray(logp)), T(y), weight=T(w), reduction=r),
+        )
+        p = 1 / (1 + np.exp(-x))
+        same(
+            jl.binary_cross_entropy(p, t, weight=w, reduction=r),
+            F.binary_cross_entropy(T(p), T(t), weight=T(w), reduction=r),
+        )
+        same(
+            jl.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=w, reduction=r),
+            F.binary_cross_entropy_with_logits(
+                T(x), T(t), weight=T(w), pos_weight=T(w), reduction=r
+            ),
+        )
+    kd = rng.normal(size=(2, 5, 3, 4)).astype(np.float32)
+    ky = rng.integers(0, 5, size=(2, 3, 4))
+    same(jl.cross_entropy(kd, ky, axis=1), F.cross_entropy(T(kd), T(ky)))
+    for b in (False, True):
+        target = np.log(t) if b else t
+        same(
+            jl.kl_div(jl.log_softmax(x), target, reduction="batchmean", log_target=b),
+            F.kl_div(F.log_softmax(T(x), -1), T(target), reduction="batchmean", log_target=b),
+        )
+
+
+@claim(
+    "docs/optax.md",
+    "| `optax.softmax_cross_entropy_with_integer_labels(logits, labels)` "
+    '| `jl.cross_entropy(logits, labels, reduction="none")` |',
+    "| `optax.smooth_labels(onehot, alpha)` then `softmax_cross_entropy` "
+    '| `jl.cross_entropy(logits, labels, label_smoothing=alpha, reduction="none")` |',
+    "| `optax.kl_divergence(log_predictions, targets)` |",
+    '`jl.kl_div(log_predictions, targets, reduction="none").sum(-1)` |',
+)
+def optax_translation_table():
+    optax = pytest.importorskip("optax")
+    x = jax.random.normal(jax.random.key(0), (8, 10))
+    labels = jax.random.randint(jax.random.key(1), (8,), 0, 10)
+    probs = jax.nn.softmax(jax.random.normal(jax.random.key(2), (8, 10)))
+    binary = (probs > 0.1).astype(jnp.float32)
+    log_q = jax.nn.log_softmax(x)
+    pairs = [
+        (
+            optax.softmax_cross_entropy_with_integer_labels(x, labels),
+            jl.cross_entropy(x, labels, reduction="none"),
+        ),
+        (optax.softmax_cross_entropy(x, probs), jl.cross_entropy(x, probs, reduction="none")),
+        (
+            optax.sigmoid_binary_cross_entropy(x, binary),
+            jl.binary_cross_entropy_with_logits(x, binary, reduction="none"),
+        ),
+        (optax.kl_divergence(log_q, probs), jl.kl_div(log_q, probs, reduction="none").sum(-1)),
+        (
+            optax.softmax_cross_entropy(x, optax.smooth_labels(jax.nn.one_hot(labels, 10), 0.1)),
+            jl.cross_entropy(x, labels, label_smoothing=0.1, reduction="none"),
+        ),
+    ]
+    for theirs, ours in pairs:
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+# --- README.md -------------------------------------------------------------------------
+
+
+@claim("README.md", "The core depends on `jax` alone (0.8.0 or newer;")
+def core_dependencies():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["dependencies"] == ["jax>=0.8.0"]
+    allowed = {"jax", "numpy", "jaxloss", "__future__", "functools", "math", "numbers", "typing"}
+    for path in (ROOT / "jaxloss").glob("_*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, (path.name, name)
+
+
+@claim(
+    "README.md",
+    "class indices of any integer dtype give the same result",
+    "as `int32` (a `uint8` mask with 300 classes, `ignore_index=-100` with unsigned",
+)
+def readme_dtypes():
+    x = jax.random.normal(jax.random.key(0), (4, 300))
+    values = [0, 156, 255, 7]
+    want = jl.cross_entropy(x, jnp.array(values, jnp.int32), reduction="none")
+    got = jl.cross_entropy(x, np.array(values, np.uint8), reduction="none")
+    np.testing.assert_array_equal(got, want)
+    assert np.all(np.asarray(got) > 0)  # 156 is a class, not -100 wrapped around
+
+
+# --- measured figures ------------------------------------------------------------------
+
+MEASUREMENTS = DOCS / "measurements"
+MEASURED_PAGES = {
+    "docs/benchmarks.md": ["cpu-losses.json"],
+    "docs/large-vocab.md": ["cpu-linear.json"],
+}
+FIGURE = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?\s?(?:ms|MiB|GiB|GB/s|MB|s\b|×)")
+
+
+def _measured_section(text: str) -> str:
+    """The page from its first "## ... measured" / "## CPU" heading to the next "## "."""
+    match = re.search(r"^## (?:Measured|CPU).*?$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, "no measured section"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("page", list(MEASURED_PAGES))
+def test_measured_tables_are_rendered_from_the_raw_data(page):
+    text = _page(page)
+    for name in MEASURED_PAGES[page]:
+        result = json.loads((MEASUREMENTS / name).read_text())
+        for part in benchmark.report(result).split("\n\n"):
+            assert part in text, f"{page} does not quote {name} as rendered:\n{part}"
+
+
+@pytest.mark.parametrize("page", list(MEASURED_PAGES))
+def test_measured_sections_quote_no_figure_the_raw_data_lacks(page):
+    section = _measured_section(_page(page))
+    rendered = "\n".join(
+        benchmark.report(json.loads((MEASUREMENTS / name).read_text()))
+        for name in MEASURED_PAGES[page]
+    )
+    prose = section.replace(rendered, "")
+    for table in rendered.split("\n\n"):
+        prose = prose.replace(table, "")
+    stray = [f for f in FIGURE.findall(prose) if f not in rendered]
+    assert stray == [], stray
+
+
+def test_figure_pattern_finds_figures():
+    assert FIGURE.findall("took 181 ms, 1.53× the copy, 82.5 MiB and 5.9 GB/s") == [
+        "181 ms",
+        "1.53×",
+        "82.5 MiB",
+        "5.9 GB/s",
+    ]
+
+
+# --- the registry ---------------------------------------------------------------------
+
+
+def test_every_quoted_passage_is_in_its_page():
+    for page, passages, check in CLAIMS:
+        text = _normalized(_page(page))
+        for passage in passages:
+            assert _normalized(passage) in text, (check.__name__, page, passage)
+
+
+@pytest.mark.parametrize("check", [c for _, _, c in CLAIMS], ids=lambda c: c.__name__)
+def test_claim_holds(x64, check):
+    check()
+
+
+def test_every_doc_page_with_claims_exists():
+    assert {page for page, _, _ in CLAIMS} <= {
+        str(p.relative_to(ROOT)) for p in [ROOT / "README.md", *DOCS.glob("*.md")]
+    }
+    assert len(CLAIMS) >= 20
+
+
+def _benchmark_commands():
+    for page in ("README.md", "docs/benchmarks.md", "docs/large-vocab.md", "docs/backends.md"):
+        for block in re.findall(r"```bash\n(.*?)```", _page(page), re.S):
+            for line in block.splitlines():
+                if "jaxloss.benchmark" in line:
+                    yield page, line.split("#")[0].split("jaxloss.benchmark", 1)[1].split()
+
+
+def test_every_documented_benchmark_command_times_the_shapes_it_names():
+    """A documented command that names linear shapes measures them: none is above its
+    --max-linear-tflop (the default run's own shapes say in the table when they are not
+    timed, and why)."""
+    named = 0
+    for page, argv in _benchmark_commands():
+        options = dict(zip(argv, argv[1:], strict=False))
+        if "--shapes" not in options:
+            continue
+        named += 1
+        limit = float(options.get("--max-linear-tflop", 2.0)) * 1e12
+        for n, h, v in benchmark._parse_shapes(options["--shapes"], 3):
+            assert 6 * n * h * v <= limit, (page, " ".join(argv), (n, h, v))
+    assert named >= 1

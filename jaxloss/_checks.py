@@ -159,7 +159,9 @@ def real_scalar(
     return value
 
 
-def logit_options(label_smoothing, z_loss, logit_softcap):
+def logit_options(
+    label_smoothing, z_loss, logit_softcap
+) -> tuple[jax.Array, jax.Array, jax.Array | None, bool, bool]:
     """Checks the options shared by ``cross_entropy`` and ``linear_cross_entropy``.
 
     Returns them as arrays, plus whether smoothing and the z-loss can be on: a

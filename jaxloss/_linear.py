@@ -24,31 +24,32 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._classification import (
+from jaxloss._reduce import compute_dtype, explicit_sharding, is_zero, safe_divide
+from jaxloss._softmax import max_and_sum_exp
+from jaxloss._xent import (
     IGNORED,
+    Options,
+    Scalars,
     contributing,
     index_coefficients,
     index_targets,
     logit_gradient,
+    mean_denominator,
     resolve_targets,
+    soft_cap,
+    soft_cap_gradient,
     softmax_cross_entropy,
     target_weight,
     xent_terms,
+    z_loss_logit_scale,
+    z_loss_term,
 )
-from jaxloss._reduce import (
-    compute_dtype,
-    explicit_sharding,
-    is_zero,
-    safe_divide,
-)
-from jaxloss._softmax import max_and_sum_exp
 
 # One chunk's float32 logits take at most this many bytes unless chunk_size says otherwise:
 # a few chunk-sized temporaries then stay small next to the weight gradient.
@@ -62,78 +63,66 @@ def auto_chunk_size(num_tokens: int, vocab_size: int) -> int:
     return max(1, min(rows, 2 ** math.ceil(math.log2(max(num_tokens, 1)))))
 
 
-class _Static(NamedTuple):
-    """The static configuration of one call."""
-
-    smoothing: bool
-    use_z_loss: bool
-    use_softcap: bool
-    chunk: int
-    vocab_slice: int  # columns of the weight gradient added per step (V: all at once)
-    acc_dtype: jnp.dtype  # float32, or float64 for float64 inputs
+def accumulation_dtype(x, w) -> jnp.dtype:
+    """float32 for 16-bit operands (float64 for float64): logits, softmax statistics
+    and the weight gradient accumulate in it."""
+    return compute_dtype(jnp.promote_types(x.dtype, w.dtype))
 
 
-class _Scalars(NamedTuple):
-    """Per-call constants that may be traced; no gradient flows to them."""
-
-    weight: jax.Array | None
-    eps: jax.Array
-    z: jax.Array
-    softcap: jax.Array | None
-
-
-def _chunk_logits(x_c, w, bias, consts, static):
-    """Logits of one chunk, accumulated in ``acc_dtype`` (bf16 operands, f32 sums), and tanh."""
-    raw = jnp.matmul(x_c, w, preferred_element_type=static.acc_dtype)
+def _chunk_logits(x_c, w, bias, scalars: Scalars, options: Options):
+    """One chunk's logits (bf16 operands, float32 sums) and, under soft-capping, the tanh."""
+    acc = accumulation_dtype(x_c, w)
+    raw = jnp.matmul(x_c, w, preferred_element_type=acc)
     if bias is not None:
-        raw = raw + bias.astype(static.acc_dtype)
-    if not static.use_softcap:
+        raw = raw + bias.astype(acc)
+    if not options.has_softcap:
         return raw, None
-    t = jnp.tanh(raw / consts.softcap)
-    return consts.softcap * t, t
+    return soft_cap(raw, scalars.logit_softcap)
 
 
-def _chunk_coefficients(codes_c, vocab, consts, static):
-    """The chunk's coefficients, which tokens count, and which are kept (for the z-loss)."""
-    dtype = static.acc_dtype
+def _chunk_coefficients(codes_c, w, scalars: Scalars, options: Options):
+    """The chunk's coefficients, its resolved targets, and which tokens count."""
+    acc = compute_dtype(w.dtype)
+    vocab = w.shape[1]
     targets = index_targets(codes_c)
-    share = jnp.full((vocab,), consts.eps / vocab, dtype) if static.smoothing else None
-    a, _ = index_coefficients(targets, vocab, consts.weight, dtype, consts.eps, share)
-    w_y = target_weight(consts.weight, targets.class_index, dtype)
-    counted = contributing(
-        targets, w_y, consts.eps, static.smoothing, consts.weight, static.use_z_loss
+    share = None
+    if options.has_smoothing:
+        share = jnp.full((vocab,), scalars.label_smoothing / vocab, acc)
+    a, w_y = index_coefficients(
+        targets, vocab, scalars.class_weight, acc, scalars.label_smoothing, share
     )
-    return a, counted, targets
+    return a, targets, contributing(targets, w_y, scalars, options)
 
 
-def _chunk_loss_and_logit_grad(x_c, codes_c, w, bias, consts, static):
+def _chunk_loss_and_logit_grad(x_c, codes_c, w, bias, scalars: Scalars, options: Options):
     """Per-token losses of one chunk, d(their sum)/d(raw logits), and the chunk's hidden
     states with the rows of tokens that add nothing set to 0."""
-    a, counted, targets = _chunk_coefficients(codes_c, w.shape[1], consts, static)
+    a, targets, counted = _chunk_coefficients(codes_c, w, scalars, options)
     # A token that adds nothing passes no gradient to x, w or bias, even if its hidden
     # state is nan: its row never enters the matmuls.
     x_c = jnp.where(counted[:, None], x_c, 0)
-    logits, t = _chunk_logits(x_c, w, bias, consts, static)
+    logits, tanh = _chunk_logits(x_c, w, bias, scalars, options)
     m, s = max_and_sum_exp(logits, -1)
     loss, lse = xent_terms(logits, a, m, s)
     p = jnp.exp(logits - m) / s
     scale = jnp.sum(a, axis=-1, keepdims=True)
-    if static.use_z_loss:
-        loss = loss + jnp.where(targets.keep, consts.z * jnp.square(lse), 0.0)
-        scale = scale + jnp.where(targets.keep, 2.0 * consts.z * lse, 0.0)[:, None]
+    if options.has_z_loss:
+        loss = loss + z_loss_term(lse, scalars.z_loss, targets.keep)
+        scale = scale + z_loss_logit_scale(lse, scalars.z_loss, targets.keep)[:, None]
     grad = logit_gradient(scale, p, a)
-    if static.use_softcap:
-        grad = grad * (1.0 - jnp.square(t))
+    if options.has_softcap:
+        grad = soft_cap_gradient(grad, tanh)
     grad = jnp.where(counted[:, None], grad, 0.0)
     return loss, jnp.where(targets.bad[:, None], jnp.nan, grad), x_c
 
 
-def _chunk_loss(x_c, codes_c, w, bias, consts, static):
-    a, counted, targets = _chunk_coefficients(codes_c, w.shape[1], consts, static)
-    logits, _ = _chunk_logits(jnp.where(counted[:, None], x_c, 0), w, bias, consts, static)
+def _chunk_loss(x_c, codes_c, w, bias, scalars: Scalars, options: Options):
+    a, targets, counted = _chunk_coefficients(codes_c, w, scalars, options)
+    x_c = jnp.where(counted[:, None], x_c, 0)
+    logits, _ = _chunk_logits(x_c, w, bias, scalars, options)
     loss, lse = softmax_cross_entropy(logits, a)
-    if static.use_z_loss:
-        loss = loss + jnp.where(targets.keep, consts.z * jnp.square(lse), 0.0)
+    if options.has_z_loss:
+        loss = loss + z_loss_term(lse, scalars.z_loss, targets.keep)
     return loss
 
 
@@ -167,9 +156,9 @@ def _merge(a, n):
     return jax.lax.reshape(merged, shape, out_sharding=out)[:n]
 
 
-def _chunked(x, codes, static):
+def _chunked(x, codes, options: Options):
     """Splits the tokens into chunks, padding the tail with ignored tokens."""
-    n, chunk = x.shape[0], static.chunk
+    n, chunk = x.shape[0], options.chunk_size
     padded = -(-n // chunk) * chunk
     if padded != n:
         x = jnp.pad(x, ((0, padded - n), (0, 0)))
@@ -178,14 +167,14 @@ def _chunked(x, codes, static):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
-def _fused_sum(x, w, bias, codes, consts, scale, static):
+def _fused_sum(x, w, bias, codes, scalars, scale, options):
     """``scale * sum_n loss_n`` in one pass over the chunks, without gradients."""
-    xs, ys = _chunked(x, codes, static)
+    xs, ys = _chunked(x, codes, options)
 
     def body(total, chunk_in):
-        return total + jnp.sum(_chunk_loss(*chunk_in, w, bias, consts, static)), None
+        return total + jnp.sum(_chunk_loss(*chunk_in, w, bias, scalars, options)), None
 
-    total, _ = jax.lax.scan(body, jnp.zeros((), static.acc_dtype), (xs, ys))
+    total, _ = jax.lax.scan(body, jnp.zeros((), accumulation_dtype(x, w)), (xs, ys))
     return total * scale
 
 
@@ -233,16 +222,17 @@ def _add_weight_grad(dw, x_c, g, acc_dtype, slice_size):
     return jax.lax.fori_loop(0, vocab // slice_size, add_slice, dw)
 
 
-def _fused_sum_and_grads(x, w, bias, codes, consts, scale, static):
+def _fused_sum_and_grads(x, w, bias, codes, scalars, scale, options):
     """The scaled loss and its gradients for x, w and bias, in one pass over the chunks."""
     n, hidden = x.shape
     matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
-    xs, ys = _chunked(x, codes, static)
+    acc = accumulation_dtype(x, w)
+    xs, ys = _chunked(x, codes, options)
 
     def body(carry, chunk_in):
         total, dw, db = carry
         x_c, codes_c = chunk_in
-        loss, g, x_c = _chunk_loss_and_logit_grad(x_c, codes_c, w, bias, consts, static)
+        loss, g, x_c = _chunk_loss_and_logit_grad(x_c, codes_c, w, bias, scalars, options)
         g = g * scale
         g_mm = g.astype(matmul_dtype)
         # Both products contract a possibly sharded axis (V, or the tokens): under
@@ -253,27 +243,26 @@ def _fused_sum_and_grads(x, w, bias, codes, consts, scale, static):
             g_mm,
             w,
             (((1,), (1,)), ((), ())),
-            preferred_element_type=static.acc_dtype,
+            preferred_element_type=acc,
             out_sharding=explicit_sharding(x_c),
         )
-        dw = _add_weight_grad(dw, x_c, g_mm, static.acc_dtype, static.vocab_slice)
+        dw = _add_weight_grad(dw, x_c, g_mm, acc, options.vocab_slice)
         return (total + jnp.sum(loss), dw, db + jnp.sum(g, axis=0)), dx_c.astype(x.dtype)
 
-    acc = static.acc_dtype
     # zeros_like: the accumulators keep w's sharding under explicit sharding.
     init = (jnp.zeros((), acc), jnp.zeros_like(w, dtype=acc), jnp.zeros_like(w[0], dtype=acc))
     (total, dw, db), dxs = jax.lax.scan(body, init, (xs, ys))
     return total * scale, _merge(dxs, n), dw.astype(w.dtype), db
 
 
-def _fused_sum_jvp(static, primals, tangents):
+def _fused_sum_jvp(options, primals, tangents):
     # The gradients are formed in the forward chunk loop, while each chunk's logits
     # are at hand; the tangent is their inner product with the input tangents, which
     # JAX transposes for reverse mode without another pass over the vocabulary.
-    x, w, bias, codes, consts, scale = primals
+    x, w, bias, codes, scalars, scale = primals
     dx, dw, dbias = tangents[:3]
-    loss, gx, gw, gb = _fused_sum_and_grads(x, w, bias, codes, consts, scale, static)
-    acc = static.acc_dtype
+    loss, gx, gw, gb = _fused_sum_and_grads(x, w, bias, codes, scalars, scale, options)
+    acc = accumulation_dtype(x, w)
     dloss = jnp.zeros((), acc)
     # Products in the inputs' dtype, sums in float32: transposed for reverse mode this is
     # one multiplication producing a gradient of the inputs' dtype, with no float32 copy.
@@ -289,72 +278,37 @@ def _fused_sum_jvp(static, primals, tangents):
 _fused_sum.defjvp(_fused_sum_jvp, symbolic_zeros=True)
 
 
-def _per_token_loss(x, w, bias, codes, consts, static):
+def _per_token_loss(x, w, bias, codes, scalars, options):
     """Per-token losses; each chunk is recomputed in the backward pass (``jax.checkpoint``)."""
-    xs, ys = _chunked(x, codes, static)
+    xs, ys = _chunked(x, codes, options)
     chunk_loss = jax.checkpoint(_chunk_loss, static_argnums=(5,))
 
     def body(_, chunk_in):
-        return None, chunk_loss(*chunk_in, w, bias, consts, static)
+        return None, chunk_loss(*chunk_in, w, bias, scalars, options)
 
     _, losses = jax.lax.scan(body, None, (xs, ys))
     return _merge(losses, x.shape[0])
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "reduction",
-        "smoothing",
-        "use_z_loss",
-        "chunk_size",
-        "vocab_slice",
-    ),
-)
-def _linear_cross_entropy(
-    x,
-    w,
-    codes,
-    bias,
-    weight,
-    label_smoothing,
-    z_loss,
-    logit_softcap,
-    *,
-    reduction,
-    smoothing,
-    use_z_loss,
-    chunk_size,
-    vocab_slice,
-):
-    hidden, vocab = w.shape
+@functools.partial(jax.jit, static_argnums=(4,))
+def _linear_cross_entropy(x, w, codes, bias, options: Options, scalars: Scalars):
+    hidden = w.shape[0]
+    acc = accumulation_dtype(x, w)
+    # No gradient flows to the numeric options here (documented).
+    scalars = jax.lax.stop_gradient(scalars.astype(acc))
     x2 = x.reshape(-1, hidden)
-    out_shape = codes.shape
-    codes = codes.reshape(-1)
-    acc = compute_dtype(jnp.promote_types(x.dtype, w.dtype))
-    static = _Static(
-        smoothing=smoothing,
-        use_z_loss=use_z_loss,
-        use_softcap=logit_softcap is not None,
-        chunk=chunk_size,
-        vocab_slice=vocab_slice,
-        acc_dtype=acc,
-    )
-    constant = lambda v: None if v is None else jax.lax.stop_gradient(jnp.asarray(v, acc))  # noqa: E731
-    consts = _Scalars(
-        constant(weight), constant(label_smoothing), constant(z_loss), constant(logit_softcap)
-    )
+    flat = codes.reshape(-1)
     out_dtype = jnp.promote_types(x.dtype, w.dtype)
-    if reduction == "none":
-        out = _per_token_loss(x2, w, bias, codes, consts, static).reshape(out_shape)
+    if options.reduction == "none":
+        out = _per_token_loss(x2, w, bias, flat, scalars, options).reshape(codes.shape)
         return out.astype(out_dtype)
-    if reduction == "sum":
+    if options.reduction == "sum":
         scale = jnp.ones((), acc)
     else:
-        resolved = index_targets(codes)
-        w_y = target_weight(consts.weight, resolved.class_index, acc)
-        scale = safe_divide(jnp.ones((), acc), jnp.sum(jnp.where(resolved.keep, w_y, 0.0)))
-    return _fused_sum(x2, w, bias, codes, consts, scale, static).astype(out_dtype)
+        targets = index_targets(flat)
+        w_y = target_weight(scalars.class_weight, targets.class_index, acc)
+        scale = safe_divide(jnp.ones((), acc), mean_denominator(targets, w_y))
+    return _fused_sum(x2, w, bias, flat, scalars, scale, options).astype(out_dtype)
 
 
 def linear_cross_entropy(
@@ -416,11 +370,11 @@ def linear_cross_entropy(
         weight: optional ``[V]`` class weights.
         ignore_index: targets equal to it are skipped (static, a Python int compared
             as an integer: a value the targets' dtype cannot hold matches nothing).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (static).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (options).
         label_smoothing: $\varepsilon \in [0, 1]$.
         z_loss: coefficient of the $\operatorname{lse}^2$ penalty (PaLM), default 0.
         logit_softcap: optional $c > 0$ for $c\tanh(z/c)$ (Gemma 2).
-        chunk_size: tokens per chunk (static); by default the largest power of two
+        chunk_size: tokens per chunk (options); by default the largest power of two
             whose float32 logits fit in 16 MiB.
 
     Returns:
@@ -476,8 +430,8 @@ def linear_cross_entropy(
         bias = _checks.floating_input("bias", bias)
         if bias.shape != (vocab,):
             raise ValueError(f"bias must have shape ({vocab},), got {bias.shape}")
-    weight = _checks.class_weight(weight, vocab)
-    label_smoothing, z_loss, logit_softcap, smoothing, use_z_loss = _checks.logit_options(
+    class_weight = _checks.class_weight(weight, vocab)
+    label_smoothing, z_loss, logit_softcap, has_smoothing, has_z_loss = _checks.logit_options(
         label_smoothing, z_loss, logit_softcap
     )
     if chunk_size is not None and (
@@ -487,19 +441,14 @@ def linear_cross_entropy(
     ):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     codes = resolve_targets(targets, vocab, _checks.ignore_index(ignore_index))
-    return _linear_cross_entropy(
-        x,
-        w,
-        codes,
-        bias,
-        weight,
-        label_smoothing,
-        z_loss,
-        logit_softcap,
+    options = Options(
         reduction=_checks.reduction(reduction),
-        smoothing=smoothing,
-        use_z_loss=use_z_loss,
+        has_smoothing=has_smoothing,
+        has_z_loss=has_z_loss,
+        has_softcap=logit_softcap is not None,
         # Resolved here, outside jit, so that they key its cache.
         chunk_size=int(chunk_size or auto_chunk_size(math.prod(x.shape[:-1]), vocab)),
         vocab_slice=vocab_slice_size(vocab, x.shape[-1]),
     )
+    scalars = Scalars(class_weight, label_smoothing, z_loss, logit_softcap)
+    return _linear_cross_entropy(x, w, codes, bias, options, scalars)

@@ -1,0 +1,426 @@
+"""The softmax cross-entropy kernel beneath ``cross_entropy``, ``nll_loss`` and
+``linear_cross_entropy``.
+
+Every variant of these losses (index or probability targets, class weights, label
+smoothing, ignored elements) is, per element,
+
+    l = sum_c a_c * (-log p_c),
+
+with a *coefficient* vector ``a`` built linearly from the targets and options. This
+module holds, once: resolving class-index targets (``resolve_targets``, then
+``index_targets``), building the coefficients, the value and the closed-form logit
+gradient ``S p - a`` (as ``jax.custom_jvp`` rules), the z-loss and the soft-cap, and
+the mean's denominator. The public modules validate their arguments, build an
+``Options`` (static) and a ``Scalars`` (traced), and call into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss._reduce import class_weight_of, explicit_sharding, is_zero
+from jaxloss._softmax import max_and_sum_exp
+
+# --- the static and traced configuration of one call ---------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The static configuration of one call: hashable, so it keys ``jax.jit``'s cache.
+
+    Built by the public function after validation. ``has_*`` say whether an option can
+    be nonzero; an option known at trace time to be 0 turns its work off, a traced one
+    keeps the general path (so changing it under ``jit`` never retraces).
+    """
+
+    reduction: str = "mean"
+    axis: int = -1
+    index_targets: bool = True
+    has_smoothing: bool = False
+    has_z_loss: bool = False
+    has_softcap: bool = False
+    # linear_cross_entropy only
+    chunk_size: int = 0
+    vocab_slice: int = 0  # columns of the weight gradient added per loop step
+
+
+class Scalars(NamedTuple):
+    """The numeric options of one call, traced: class weights (or None), label
+    smoothing, the z-loss coefficient and the soft-cap (or None)."""
+
+    class_weight: jax.Array | None
+    label_smoothing: jax.Array
+    z_loss: jax.Array
+    logit_softcap: jax.Array | None
+
+    def astype(self, dtype) -> Scalars:
+        def cast(value):
+            return None if value is None else jnp.asarray(value).astype(dtype)
+
+        return Scalars(
+            cast(self.class_weight),
+            jnp.asarray(self.label_smoothing).astype(dtype),
+            jnp.asarray(self.z_loss).astype(dtype),
+            cast(self.logit_softcap),
+        )
+
+
+# --- class-index targets -------------------------------------------------------------
+
+IGNORED = -1  # the code of an element whose target is ignore_index
+OUT_OF_RANGE = -2  # the code of a kept element whose target is outside [0, C)
+
+
+def target_codes(targets: jax.Array, num_classes: int, ignore_index: int) -> jax.Array:
+    """Class-index targets of any integer dtype as int32 codes: the class in ``[0, C)``,
+    ``IGNORED`` or ``OUT_OF_RANGE``.
+
+    Every comparison is made in the targets' own dtype, and only where its operand
+    fits that dtype: ``ignore_index`` and ``C`` are mathematical integers, so a value
+    the dtype cannot hold (-100 for ``uint8`` targets, 300 classes for ``int8``)
+    never matches a target by wrapping around. Once resolved, every dtype gives the
+    same int32 array, so the same losses and gradients, bit for bit.
+    """
+    info = jnp.iinfo(targets.dtype)
+    if info.min <= ignore_index <= info.max:
+        keep = targets != ignore_index
+    else:
+        keep = jnp.ones(targets.shape, bool)
+    in_range = targets >= 0 if info.min < 0 else jnp.ones(targets.shape, bool)
+    if num_classes <= info.max:
+        in_range = in_range & (targets < num_classes)
+    class_index = jnp.where(in_range, targets, 0).astype(jnp.int32)
+    codes = jnp.where(keep, jnp.where(in_range, class_index, OUT_OF_RANGE), IGNORED)
+    # The barrier keeps XLA from fusing the dtype-specific comparisons into the loss,
+    # so that the program after it, and so its rounding, is the same for every dtype.
+    return jax.lax.optimization_barrier(codes)
+
+
+# Called by the public functions before their core: the core is then one program for
+# every target dtype and ignore_index, compiled once and rounding alike.
+resolve_targets = jax.jit(target_codes, static_argnums=(1, 2))
+
+
+class IndexTargets(NamedTuple):
+    """Resolved class-index targets (from ``resolve_targets``)."""
+
+    class_index: jax.Array  # int32 class, 0 where ignored or out of range (safe to gather)
+    keep: jax.Array  # the target is not ignore_index
+    bad: jax.Array  # kept, but outside [0, C): the element's loss and gradient are nan
+
+
+def index_targets(codes: jax.Array) -> IndexTargets:
+    return IndexTargets(jnp.maximum(codes, 0), codes != IGNORED, codes == OUT_OF_RANGE)
+
+
+# --- coefficients --------------------------------------------------------------------
+
+
+def target_weight(class_weight: jax.Array | None, class_index: jax.Array, dtype) -> jax.Array:
+    """Each element's class weight ``w[y]``, or ones without class weights."""
+    if class_weight is None:
+        return jnp.ones(class_index.shape, dtype)
+    return class_weight_of(class_weight.astype(dtype), class_index)
+
+
+def mean_denominator(targets: IndexTargets, w_y: jax.Array) -> jax.Array:
+    """``sum_n w[y_n]`` over kept elements: what ``"mean"`` divides by (index targets)."""
+    return jnp.sum(jnp.where(targets.keep, w_y, 0.0))
+
+
+def smoothing_is_on(scalars: Scalars, options: Options):
+    """Whether the smoothing term can be nonzero: the static flag refined at run time
+    (a traced smoothing of 0, or class weights that are all 0, turn it off)."""
+    if not options.has_smoothing:
+        return jnp.zeros((), bool)
+    on = scalars.label_smoothing != 0
+    return on if scalars.class_weight is None else on & jnp.any(scalars.class_weight != 0)
+
+
+def contributing(
+    targets: IndexTargets, w_y: jax.Array, scalars: Scalars, options: Options
+) -> jax.Array:
+    """The elements whose loss can be nonzero: kept, with a nonzero coefficient (target
+    weight, smoothing or z-loss), or out of range (their loss is nan). The others add
+    exactly 0 to the loss and to every gradient of the logits, whatever their logits hold."""
+    coefficient = (1.0 - scalars.label_smoothing) * w_y if options.has_smoothing else w_y
+    live = (coefficient != 0) | smoothing_is_on(scalars, options)
+    if options.has_z_loss:
+        live = jnp.ones_like(live)
+    return targets.keep & (live | targets.bad)
+
+
+def live_classes(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The classes that can carry probability (logit not ``-inf``; a masked class has
+    been set to ``-inf``) and their count ``K`` per row (at least 1), along the last axis."""
+    live = x != -jnp.inf
+    return live, jnp.maximum(jnp.sum(live, axis=-1), 1).astype(x.dtype)
+
+
+def smoothing_share(x: jax.Array, label_smoothing) -> jax.Array:
+    """``eps / K`` on the live classes, 0 elsewhere: the smoothing part of ``a``."""
+    live, count = live_classes(x)
+    return jnp.where(live, label_smoothing / count[..., None], 0.0)
+
+
+def index_coefficients(
+    targets: IndexTargets, num_classes: int, class_weight, dtype, label_smoothing=None, share=None
+):
+    """The coefficients ``a`` of class-index targets as an array ``[..., C]``.
+
+    ``w[y] * onehot(y)``, or with smoothing ``(1 - eps) w[y] onehot(y) + share * w``
+    where ``share`` is ``eps / K`` on the live classes; zero on ignored elements and
+    nan on elements whose target is outside ``[0, C)``. Returns ``(a, w_y)``.
+    """
+    w_y = target_weight(class_weight, targets.class_index, dtype)
+    element_weight = jnp.where(targets.keep, w_y, 0.0)
+    onehot = targets.class_index[..., None] == jnp.arange(num_classes, dtype=jnp.int32)
+    a = jnp.where(onehot, element_weight[..., None], 0.0)
+    if share is not None:
+        spread = share if class_weight is None else share * class_weight
+        a = (1.0 - label_smoothing) * a + jnp.where(targets.keep[..., None], spread, 0.0)
+    a = jnp.where(targets.bad[..., None], jnp.nan, a)
+    return a, w_y
+
+
+# --- z-loss and soft-cap -------------------------------------------------------------
+
+
+def z_loss_term(lse: jax.Array, z_loss, keep=None) -> jax.Array:
+    """PaLM's ``z * lse^2`` per element (0 where ``keep`` is False)."""
+    term = z_loss * jnp.square(lse)
+    return term if keep is None else jnp.where(keep, term, 0.0)
+
+
+def z_loss_logit_scale(lse: jax.Array, z_loss, keep) -> jax.Array:
+    """What the z-loss adds to the row scale ``S`` of the logit gradient ``S p - a``:
+    ``d(z lse^2)/dx = 2 z lse p``."""
+    return jnp.where(keep, 2.0 * z_loss * lse, 0.0)
+
+
+def soft_cap(x: jax.Array, cap) -> tuple[jax.Array, jax.Array]:
+    """Gemma 2's ``cap * tanh(x / cap)``, and the tanh for ``soft_cap_gradient``."""
+    t = jnp.tanh(x / cap)
+    return cap * t, t
+
+
+def soft_cap_gradient(grad: jax.Array, t: jax.Array) -> jax.Array:
+    """The gradient through the soft-cap: times ``1 - tanh^2``."""
+    return grad * (1.0 - jnp.square(t))
+
+
+# --- the value and its logit gradient ------------------------------------------------
+
+
+def drop_minus_inf_tangent(x: jax.Array, dx: jax.Array) -> jax.Array:
+    """A ``-inf`` logit (a masked class) is a constant: its tangent is 0."""
+    return jnp.where(x == -jnp.inf, 0.0, dx)
+
+
+def logit_gradient(scale, p, a):
+    """``scale * p - a``: the gradient of ``sum_c a_c (-log p_c)`` (times ``scale = S``)
+    in the logits, exactly 0 for a class whose coefficient and row scale are both 0, so
+    that a row that adds nothing passes no gradient, even from non-finite logits."""
+    return jnp.where((scale != 0) | (a != 0), scale * p - a, 0.0)
+
+
+def xent_terms(x, a, m, s):
+    """Cross-entropy and log-sum-exp along the last axis from the shift ``m`` and sum ``s``.
+
+    ``sum_c a_c (lse - x_c)`` is evaluated as ``S log s + sum_c a_c (m - x_c)`` with
+    ``S = sum_c a_c``: no two large numbers are subtracted, so adding a constant to a
+    row of logits changes the loss only by the rounding of the logits themselves.
+
+    A class with logit ``-inf`` (masked) has ``m - x_c = inf``, which is clamped to the
+    largest float: a class with ``a_c = 0`` then contributes exactly 0 rather than
+    ``0 * inf = nan``, and one with ``a_c > 0`` contributes ``a_c`` times the largest
+    float, standing in for the true ``inf``. (A select or a second reduction here would
+    make XLA's CPU backend materialize an N x C temporary.) A row that is all ``-inf``
+    has ``s = 0``; its ``S log s`` term is 0 when ``S = 0``.
+    """
+    biggest = jnp.finfo(x.dtype).max
+    total = jnp.sum(a, axis=-1)
+    cross = -jnp.sum(a * jnp.maximum(x - m, -biggest), axis=-1)
+    loss = total * jnp.log(jnp.maximum(s[..., 0], 1.0)) + cross
+    return loss, m[..., 0] + jnp.log(s[..., 0])
+
+
+@jax.custom_jvp
+def softmax_cross_entropy(x: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(sum_c a_c * -log_softmax(x)_c, logsumexp(x))`` along the last axis."""
+    m, s = max_and_sum_exp(x, -1)
+    return xent_terms(x, a, m, s)
+
+
+def _softmax_cross_entropy_jvp(primals, tangents):
+    # d loss = <S p - a, dx> + <-log p, da>,   d lse = <p, dx>.
+    # Classes with logit -inf (masked) have p = 0 and a = 0: their dx is dropped,
+    # and by the convention 0 * log 0 = 0 their -log p is taken as 0 for da.
+    x, a = primals
+    dx, da = tangents
+    m, s = max_and_sum_exp(x, -1)
+    loss, lse = xent_terms(x, a, m, s)
+    dloss = jnp.zeros_like(loss)
+    dlse = jnp.zeros_like(lse)
+    if not is_zero(dx):
+        # exp((x - m) - log s) rather than exp(x - m) / s: a distinct expression, so XLA
+        # does not merge it with the forward's exp(x - m) and keep that N x C array
+        # between the passes; each pass then reads only the logits.
+        p = jnp.where(s == 0, 0.0, jnp.exp((x - m) - jnp.log(s)))
+        dx = drop_minus_inf_tangent(x, dx)
+        grad = logit_gradient(jnp.sum(a, axis=-1, keepdims=True), p, a)
+        dloss = dloss + jnp.sum(grad * dx, axis=-1)
+        dlse = jnp.sum(p * dx, axis=-1)
+    if not is_zero(da):
+        neg_log_p = jnp.where(x == -jnp.inf, 0.0, lse[..., None] - x)
+        dloss = dloss + jnp.sum(da * neg_log_p, axis=-1)
+    return (loss, lse), (dloss, dlse)
+
+
+softmax_cross_entropy.defjvp(_softmax_cross_entropy_jvp, symbolic_zeros=True)
+
+
+@jax.custom_jvp
+def weighted_nll(log_probs: jax.Array, a: jax.Array) -> jax.Array:
+    """``-sum_c a_c log_probs_c`` along the last axis, 0 where ``a_c = 0``."""
+    return -jnp.sum(jnp.where(a != 0, a * log_probs, 0.0), axis=-1)
+
+
+def _weighted_nll_jvp(primals, tangents):
+    # d loss = -<a, d log_probs> - <log_probs, da>, with 0 * log 0 = 0 for da.
+    log_probs, a = primals
+    dlog_probs, da = tangents
+    loss = weighted_nll(log_probs, a)
+    dloss = jnp.zeros_like(loss)
+    if not is_zero(dlog_probs):
+        dloss = dloss - jnp.sum(jnp.where(a != 0, a * dlog_probs, 0.0), axis=-1)
+    if not is_zero(da):
+        finite = jnp.where(log_probs == -jnp.inf, 0.0, log_probs)
+        dloss = dloss - jnp.sum(da * finite, axis=-1)
+    return loss, dloss
+
+
+weighted_nll.defjvp(_weighted_nll_jvp, symbolic_zeros=True)
+
+
+class _IndexTerms(NamedTuple):
+    loss: jax.Array  # per element
+    lse: jax.Array  # log-sum-exp of contributing elements, 0 elsewhere
+    nll: jax.Array  # lse - x_y
+    smooth: jax.Array | None  # sum_c w_c (lse - x_c) / K over live classes
+    w_y: jax.Array
+    live: jax.Array | None  # classes that can carry probability
+    live_count: jax.Array | None  # K
+    live_weight: jax.Array | None  # W, the sum of the live classes' weights
+    shift: jax.Array  # the row maximum m (keepdims)
+    log_s: jax.Array  # log sum exp(x - m) (keepdims)
+
+
+def _target_logit(x, class_index):
+    """``x[..., y]``: a gather, so the only full passes over ``x`` are the max and
+    the sum of exponentials. A class axis sharded in JAX's explicit sharding mode
+    cannot be gathered from without collectives, so there it is a masked sum, which
+    partitions into a per-device sum and one all-reduce of N floats."""
+    sharding = explicit_sharding(x)
+    if sharding is not None and sharding.spec[-1:] not in ((), (None,)):
+        onehot = class_index[..., None] == jnp.arange(x.shape[-1], dtype=class_index.dtype)
+        return jnp.sum(jnp.where(onehot, x, 0.0), axis=-1)
+    return jnp.take_along_axis(x, class_index[..., None], axis=-1)[..., 0]
+
+
+def _index_terms(x, targets, counted, scalars, options) -> _IndexTerms:
+    class_weight, eps = scalars.class_weight, scalars.label_smoothing
+    w_y = target_weight(class_weight, targets.class_index, x.dtype)
+    m, s = max_and_sum_exp(x, -1)
+    log_s = jnp.log(s[..., 0])
+    # (m - x_y) + log s, not lse - x_y: the difference of the two large logits is
+    # exact, so a common offset of the row does not change the loss.
+    nll = (m[..., 0] - _target_logit(x, targets.class_index)) + log_s
+    target_coefficient = w_y
+    smooth = live = live_count = live_weight = None
+    if options.has_smoothing:
+        target_coefficient = (1.0 - eps) * w_y
+        live, live_count = live_classes(x)
+        weights = 1.0 if class_weight is None else class_weight
+        # sum_c w_c (lse - x_c) = sum_c w_c (m - x_c) + W log s, W = sum_c w_c over the
+        # live classes: no large terms cancel.
+        shifted = jnp.sum(jnp.where(live, weights * (m - x), 0.0), axis=-1)
+        live_weight = (
+            live_count
+            if class_weight is None
+            else jnp.sum(jnp.where(live, class_weight, 0.0), axis=-1)
+        )
+        smooth = (shifted + live_weight * log_s) / live_count
+    loss = jnp.where(target_coefficient != 0, target_coefficient * nll, 0.0)
+    if options.has_smoothing:
+        loss = loss + jnp.where(smoothing_is_on(scalars, options), eps * smooth, 0.0)
+    loss = jnp.where(targets.bad, jnp.nan, jnp.where(counted, loss, 0.0))
+    lse = jnp.where(counted, m[..., 0] + log_s, 0.0)
+    return _IndexTerms(
+        loss, lse, nll, smooth, w_y, live, live_count, live_weight, m, log_s[..., None]
+    )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def index_cross_entropy(x, targets: IndexTargets, counted, scalars: Scalars, options: Options):
+    """Per-element ``(loss, lse)`` of class-index targets along the last axis.
+
+    The loss is ``sum_c a_c (-log p_c)`` with ``a`` as in ``index_coefficients``,
+    computed without building ``a``: the target logit is gathered. Elements outside
+    ``counted`` (see ``contributing``) have loss 0, lse 0 and no gradient. Tangents
+    reach ``x``, the class weights and the label smoothing; the z-loss and soft-cap
+    are applied by the caller.
+    """
+    terms = _index_terms(x, targets, counted, scalars, options)
+    return terms.loss, terms.lse
+
+
+def _index_cross_entropy_jvp(options, primals, tangents):
+    # d loss = <S p - a, dx> + d(w) and d(eps) terms;  d lse = <p, dx>.
+    x, targets, counted, scalars = primals
+    dx, _, _, dscalars = tangents
+    class_weight, eps = scalars.class_weight, scalars.label_smoothing
+    terms = _index_terms(x, targets, counted, scalars, options)
+    scored = targets.keep & ~targets.bad
+    dloss = jnp.zeros_like(terms.loss)
+    dlse = jnp.zeros_like(terms.lse)
+    if not is_zero(dx):
+        # exp((x - m) - log s) rather than the forward's exp(x - m) / s: a distinct
+        # expression, so XLA does not keep that N x C array alive between the passes.
+        p = jnp.exp((x - terms.shift) - terms.log_s)
+        onehot = targets.class_index[..., None] == jnp.arange(x.shape[-1], dtype=jnp.int32)
+        if options.has_smoothing:
+            weights = 1.0 if class_weight is None else class_weight
+            scale = (1.0 - eps) * terms.w_y + eps * terms.live_weight / terms.live_count
+            a = (1.0 - eps) * jnp.where(onehot, terms.w_y[..., None], 0.0) + jnp.where(
+                terms.live, (eps / terms.live_count)[..., None] * weights, 0.0
+            )
+        else:
+            scale = terms.w_y
+            a = jnp.where(onehot, terms.w_y[..., None], 0.0)
+        grad = jnp.where(counted[..., None], scale[..., None] * p - a, 0.0)
+        grad = jnp.where(targets.bad[..., None], jnp.nan, grad)
+        dloss = dloss + jnp.sum(grad * drop_minus_inf_tangent(x, dx), axis=-1)
+        # Masked before the product: transposed, 0 * p would be nan for a row of nan logits.
+        dlse = jnp.sum(jnp.where(counted[..., None], p, 0.0) * dx, axis=-1)
+    dclass_weight = dscalars.class_weight
+    if class_weight is not None and not is_zero(dclass_weight):
+        d_w = class_weight_of(dclass_weight, targets.class_index) * terms.nll
+        if options.has_smoothing:
+            neg_log_p = jnp.where(terms.live, terms.lse[..., None] - x, 0.0)
+            d_smooth = jnp.sum(dclass_weight * neg_log_p, axis=-1) / terms.live_count
+            d_w = (1.0 - eps) * d_w + eps * d_smooth
+        dloss = dloss + jnp.where(scored, d_w, 0.0)
+    deps = dscalars.label_smoothing
+    if options.has_smoothing and not is_zero(deps):
+        d_eps = terms.smooth - terms.w_y * terms.nll
+        dloss = dloss + jnp.where(scored, d_eps * deps, 0.0)
+    return (terms.loss, terms.lse), (dloss, dlse)
+
+
+index_cross_entropy.defjvp(_index_cross_entropy_jvp, symbolic_zeros=True)

@@ -393,17 +393,16 @@ def _index_cross_entropy_jvp(options, primals, tangents):
         # exp((x - m) - log s) rather than the forward's exp(x - m) / s: a distinct
         # expression, so XLA does not keep that N x C array alive between the passes.
         p = jnp.exp((x - terms.shift) - terms.log_s)
-        onehot = targets.class_index[..., None] == jnp.arange(x.shape[-1], dtype=jnp.int32)
         if options.has_smoothing:
-            weights = 1.0 if class_weight is None else class_weight
+            share = jnp.where(terms.live, (eps / terms.live_count)[..., None], 0.0)
+            a, _ = index_coefficients(targets, x.shape[-1], class_weight, x.dtype, eps, share)
+            # S = sum_c a_c in closed form: a second reduction over the classes would cost
+            # another pass.
             scale = (1.0 - eps) * terms.w_y + eps * terms.live_weight / terms.live_count
-            a = (1.0 - eps) * jnp.where(onehot, terms.w_y[..., None], 0.0) + jnp.where(
-                terms.live, (eps / terms.live_count)[..., None] * weights, 0.0
-            )
         else:
+            a, _ = index_coefficients(targets, x.shape[-1], class_weight, x.dtype)
             scale = terms.w_y
-            a = jnp.where(onehot, terms.w_y[..., None], 0.0)
-        grad = jnp.where(counted[..., None], scale[..., None] * p - a, 0.0)
+        grad = jnp.where(counted[..., None], logit_gradient(scale[..., None], p, a), 0.0)
         grad = jnp.where(targets.bad[..., None], jnp.nan, grad)
         dloss = dloss + jnp.sum(grad * drop_minus_inf_tangent(x, dx), axis=-1)
         # Masked before the product: transposed, 0 * p would be nan for a row of nan logits.

@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from jaxloss import benchmark
 from jaxloss.benchmark import interleaved_medians
 
 
@@ -19,6 +22,7 @@ def test_benchmark_command_smoke(tmp_path):
             str(out_json),
             "--plot",
             str(out_png),
+            "--no-rss",
         ],
         capture_output=True,
         text=True,
@@ -41,9 +45,52 @@ def test_benchmark_command_smoke(tmp_path):
     for row in result["linear"]:
         assert 0 < row["fused_temp_bytes"] and 0 < row["naive_temp_bytes"]
         assert row["time_ratio"] > 0
-        assert row["fused_rss_growth"] > 0 and row["naive_rss_growth"] > 0
+        assert "fused_rss_growth" not in row
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cross_entropy (index)" in proc.stdout
+    assert "below 1 means jaxloss is faster" in proc.stdout
+    assert " 0.000 s" not in proc.stdout and " 0.00 s" not in proc.stdout
+
+
+def test_peak_rss_growth_of_a_small_step_is_measured():
+    growth = benchmark.peak_rss_growth(64, 32, 512, "fused", "float32")
+    assert growth is not None and 0 < growth < 2**30
+
+
+@pytest.mark.parametrize(
+    "seconds, shown",
+    [
+        (0.0, "0.00 µs"),
+        (4.2e-6, "4.20 µs"),
+        (0.000999, "999 µs"),
+        (0.0012, "1.20 ms"),
+        (0.0456, "45.6 ms"),
+        (0.2421, "242 ms"),
+        (1.0, "1.00 s"),
+        (456.7, "457 s"),
+    ],
+)
+def test_times_are_shown_with_a_unit_that_keeps_three_digits(seconds, shown):
+    assert benchmark.format_seconds(seconds) == shown
+
+
+def test_every_option_has_help_and_states_its_default(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in [
+        ("{all,losses,linear}", "(default: all)"),
+        ("--sizes SIZES", "(default: 4096x32768)"),
+        ("--shapes SHAPES", "(default: 2048x512x32768,8192x512x65536,8192x2048x128256)"),
+        ("--dtypes DTYPES", "(default: float32,bfloat16)"),
+        ("--repeats REPEATS", "(default: 7)"),
+        ("--max-linear-tflop MAX_LINEAR_TFLOP", "(default: 2.0)"),
+    ]:
+        after = text.split(option, 2)[-1]
+        assert default in after.split(" --")[0], (option, after[:200])
+    for flag in ("--no-rss", "--smoke", "--json JSON_PATH", "--plot PLOT_PATH", "--report JSON"):
+        after = text.split(flag, 2)[-1].split(" --")[0]
+        assert len(after.split()) >= 4, (flag, after)
 
 
 def test_interleaved_medians_calls_each_thunk_repeat_times_plus_warmup():

@@ -11,7 +11,7 @@ and must appear in the pages as they are, with no other figure in those sections
 Statements checked elsewhere name their test: docs/pytorch.md's tables
 (tests/test_pytorch.py), offsets, dtypes, nan and ignored elements
 (tests/test_properties.py), sharding (tests/test_sharding.py), the CIFAR-10 example
-(tests/test_cifar10_example.py); every python block of every page runs in
+(examples/cifar10/train_test.py); every python block of every page runs in
 tests/test_docs.py.
 """
 
@@ -28,6 +28,7 @@ import pytest
 import jaxloss as jl
 from jaxloss import benchmark
 from jaxloss._linear import CHUNK_BYTES, auto_chunk_size
+from tests import builders as build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -56,27 +57,19 @@ def _close(a, b, tol=1e-10):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
 
 
-def _x(shape, seed=0, scale=2.0):
-    return scale * jax.random.normal(jax.random.key(seed), shape, jnp.float64)
-
-
-def _p(shape, seed=1):
-    return jax.nn.softmax(jax.random.normal(jax.random.key(seed), shape, jnp.float64))
-
-
 # --- docs/gradients.md ---------------------------------------------------------------
 
 
 @claim("docs/gradients.md", r"\frac{\partial y_i}{\partial x_j} = \delta_{ij} - p_j")
 def log_softmax_jacobian():
-    x = _x((5,))
+    x = build.logits((5,))
     p = jax.nn.softmax(x)
     _close(jax.jacobian(jl.log_softmax)(x), jnp.eye(5) - p[None, :])
 
 
 @claim("docs/gradients.md", r"the Jacobian $\operatorname{diag}(p) - p p^\top$")
 def softmax_jacobian():
-    x = _x((5,))
+    x = build.logits((5,))
     p = jax.nn.softmax(x)
     _close(jax.jacobian(jl.softmax)(x), jnp.diag(p) - jnp.outer(p, p))
 
@@ -103,7 +96,7 @@ def _table_coefficients(x, kind, w, eps, y=None, t=None):
     r"\frac{\partial \ell}{\partial x_j} = \sum_c a_c (p_j - [c = j]) = S\,p_j - a_j,",
 )
 def coefficient_table_and_logit_gradient():
-    x, t = _x((4, 5)), _p((4, 5))
+    x, t = build.logits((4, 5)), build.probabilities((4, 5))
     y = jnp.array([0, 3, 4, 1])
     w = jnp.array([0.5, 1.0, 2.0, 1.5, 0.7])
     lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
@@ -130,7 +123,7 @@ def coefficient_table_and_logit_gradient():
     r"For probability targets the loss is $S\log s + \sum_c a_c (m - x_c)$",
 )
 def evaluated_forms():
-    x = _x((4, 5)).at[2, 1].set(-jnp.inf)  # one class not live in row 2
+    x = build.logits((4, 5)).at[2, 1].set(-jnp.inf)  # one class not live in row 2
     y = jnp.array([0, 3, 4, 1])
     w = jnp.array([0.5, 1.0, 2.0, 1.5, 0.7])
     eps = 0.3
@@ -144,7 +137,7 @@ def evaluated_forms():
     want = (1 - eps) * w[y] * ((m - x_y) + jnp.log(s)) + eps / k * (shifted + big_w * jnp.log(s))
     got = jl.cross_entropy(x, y, weight=w, label_smoothing=eps, reduction="none")
     _close(got, want)
-    t = _p((4, 5)).at[2, 1].set(0.0)  # no mass on the -inf class
+    t = build.probabilities((4, 5)).at[2, 1].set(0.0)  # no mass on the -inf class
     a = w * t
     want = a.sum(-1) * jnp.log(s) + jnp.sum(jnp.where(a != 0, a * (m[:, None] - x), 0.0), -1)
     _close(jl.cross_entropy(x, t, weight=w, reduction="none"), want)
@@ -157,7 +150,7 @@ def evaluated_forms():
     r"\sum_c \big(a^{(0)}_c - \tfrac{w_c}{K}\big) \log p_c,",
 )
 def target_and_smoothing_derivatives():
-    x, t = _x((3, 4)), _p((3, 4))
+    x, t = build.logits((3, 4)), build.probabilities((3, 4))
     w = jnp.array([0.5, 1.0, 2.0, 1.5])
     eps = 0.2
     log_p = jax.nn.log_softmax(x)
@@ -176,14 +169,14 @@ def target_and_smoothing_derivatives():
     r"When $D = 0$ the mean is defined as 0 with zero gradient.",
 )
 def hessian_and_denominator():
-    x = _x((4,))
+    x = build.logits((4,))
     w = jnp.array([0.5, 1.0, 2.0, 1.5])
-    t = _p((4,))
+    t = build.probabilities((4,))
     p = jax.nn.softmax(x)
     hess = jax.hessian(lambda v: jl.cross_entropy(v, t, weight=w, label_smoothing=0.1))(x)
     big_s = jnp.sum(w * (0.9 * t + 0.1 / 4))
     _close(hess, big_s * (jnp.diag(p) - jnp.outer(p, p)))
-    rows = _x((3, 4))
+    rows = build.logits((3, 4))
     loss, grad = jax.value_and_grad(jl.cross_entropy)(rows, jnp.array([0, 0, 0]), weight=w * 0)
     assert loss == 0.0 and np.all(np.asarray(grad) == 0.0)
 
@@ -195,7 +188,7 @@ def hessian_and_denominator():
     r"the incoming gradient by $1 - \tanh^2(x/c)$.",
 )
 def z_loss_and_softcap():
-    x = _x((3, 5))
+    x = build.logits((3, 5))
     y = jnp.array([0, 4, 2])
     z, cap = 0.01, 3.0
     p = jax.nn.softmax(x)
@@ -213,7 +206,7 @@ def z_loss_and_softcap():
     r"$\partial\ell/\partial \log p_c = -a_c$, $\partial\ell/\partial a_c = -\log p_c$.",
 )
 def nll_derivatives():
-    log_p = jax.nn.log_softmax(_x((3, 4)))
+    log_p = jax.nn.log_softmax(build.logits((3, 4)))
     y = jnp.array([1, 0, 3])
     w = jnp.array([0.5, 1.0, 2.0, 1.5])
     d_lp, d_w = jax.grad(
@@ -232,7 +225,7 @@ def nll_derivatives():
     r"$\partial\ell/\partial p_w = w\,t\operatorname{softplus}(-x)$.",
 )
 def bce_with_logits_derivatives():
-    x = _x((6,), scale=4.0)
+    x = build.logits((6,), scale=4.0)
     t = jax.random.uniform(jax.random.key(3), (6,), jnp.float64)
     w = jax.random.uniform(jax.random.key(4), (6,), jnp.float64, 0.5, 2.0)
     pw = jnp.full((6,), 1.7)
@@ -273,12 +266,12 @@ def bce_derivative():
     r"$\partial\ell/\partial\log q = -e^s$, $\partial\ell/\partial s = e^s(s - \log q + 1)$.",
 )
 def kl_derivatives():
-    log_q = jax.nn.log_softmax(_x((2, 4)))
-    t = _p((2, 4)).at[0, 0].set(0.0)
+    log_q = jax.nn.log_softmax(build.logits((2, 4)))
+    t = build.probabilities((2, 4)).at[0, 0].set(0.0)
     d_q, d_t = jax.grad(lambda q, t: jl.kl_div(q, t, reduction="sum"), argnums=(0, 1))(log_q, t)
     _close(d_q, -t)
     _close(d_t, jnp.where(t == 0, 0.0, jnp.log(jnp.where(t == 0, 1.0, t)) + 1 - log_q))
-    s = jnp.log(_p((2, 4), seed=7))
+    s = jnp.log(build.probabilities((2, 4), seed=7))
     d_q, d_s = jax.grad(
         lambda q, s: jl.kl_div(q, s, reduction="sum", log_target=True), argnums=(0, 1)
     )(log_q, s)
@@ -356,8 +349,8 @@ def automatic_chunk():
         rows = auto_chunk_size(10**6, vocab)
         assert rows * vocab * 4 <= CHUNK_BYTES < 2 * rows * vocab * 4
         assert rows & (rows - 1) == 0
-    x = _x((13, 4)).astype(jnp.float32)
-    w = _x((4, 9), seed=2).astype(jnp.float32)
+    x = build.logits((13, 4)).astype(jnp.float32)
+    w = build.logits((4, 9), seed=2).astype(jnp.float32)
     y = jnp.arange(13) % 9
     for chunk in (4, 5, 13, 16):
         got = jl.linear_cross_entropy(x, w, y, chunk_size=chunk)
@@ -527,6 +520,40 @@ def optax_translation_table():
 
 
 # --- README.md -------------------------------------------------------------------------
+
+
+LAYERS = {
+    "_checks": 0,
+    "_reduce": 0,
+    "_softmax": 1,
+    "_xent": 2,
+    "_classification": 3,
+    "_linear": 3,
+    "_binary": 3,
+    "_divergence": 3,
+}
+
+
+@claim(
+    "docs/architecture.md",
+    "Imports run one way: `_checks` and `_reduce` at the bottom, then `_softmax`, then",
+    "`_xent`, then the public loss modules, which import nothing from each other.",
+)
+def import_layers():
+    for name, layer in LAYERS.items():
+        tree = ast.parse((ROOT / "jaxloss" / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "jaxloss":
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxloss."):
+                imported.add(node.module.split(".")[1])
+        for other in imported:
+            assert LAYERS[other] < layer or {name, other} <= {"_checks", "_reduce"}, (
+                name,
+                other,
+            )
+    assert set(LAYERS) == {p.stem for p in (ROOT / "jaxloss").glob("_*.py")} - {"__init__"}
 
 
 @claim("README.md", "The core depends on `jax` alone (0.8.0 or newer;")

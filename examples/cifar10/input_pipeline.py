@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import pathlib
@@ -28,6 +29,17 @@ STD = np.array([62.99, 62.09, 66.70], np.float32)
 
 class DataError(Exception):
     """The data set is missing, could not be fetched, or a file is not a CIFAR-10 batch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """CIFAR-10 in memory: NHWC ``uint8`` images and ``int32`` labels in ``[0, 10)``."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    label_names: list[str]
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -111,16 +123,57 @@ def missing_message(data_dir: pathlib.Path, reason: str) -> str:
     return (
         f"CIFAR-10 was not found in {data_dir} and could not be downloaded ({reason}).\n"
         f"Download {URL} (md5 {MD5}) and extract it into {data_dir}, so that these files "
-        f"exist:\n{wanted}"
+        f"exist:\n{wanted}\n"
+        "Or, to try the example without the real data, write a small learnable stand-in in "
+        "the same format (its accuracy says nothing about CIFAR-10):\n"
+        f"  python examples/cifar10/make_synthetic_data.py --out {data_dir} "
+        "--train 5000 --test 1000"
     )
 
 
-def download(data_dir: pathlib.Path, url: str = URL, progress: bool = True) -> None:
-    """Fetches the official archive with a progress bar, checks its MD5 and extracts it."""
-    from tqdm import tqdm
+def _first_missing(path: pathlib.Path) -> pathlib.Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if it exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
+
+def download(data_dir: pathlib.Path, url: str = URL, progress: bool = True) -> None:
+    """Fetches the official archive with a progress bar, checks its MD5 and extracts it;
+    on failure, removes the partial archive and every folder it created."""
+    created = _first_missing(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / "cifar-10-python.tar.gz"
+    try:
+        _fetch(url, archive, progress)
+    except DataError:
+        archive.unlink(missing_ok=True)
+        # Leave no empty folder behind: remove what this call created, innermost first.
+        if created is not None:
+            for folder in (data_dir, *data_dir.parents):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                if folder == created:
+                    break
+        raise
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(data_dir, filter="data")
+        else:  # Python without extraction filters: the archive's checksum was verified.
+            tar.extractall(data_dir)  # noqa: S202
+    archive.unlink()
+
+
+def _fetch(url: str, archive: pathlib.Path, progress: bool) -> None:
+    """Downloads ``url`` to ``archive`` with a progress bar and checks its MD5."""
+    from tqdm import tqdm
+
+    data_dir = archive.parent
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -135,22 +188,15 @@ def download(data_dir: pathlib.Path, url: str = URL, progress: bool = True) -> N
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-    except OSError as err:
-        archive.unlink(missing_ok=True)
+    except (OSError, ValueError) as err:
         raise DataError(missing_message(data_dir, f"{type(err).__name__}: {err}")) from None
     if digest.hexdigest() != MD5:
-        archive.unlink(missing_ok=True)
         raise DataError(missing_message(data_dir, f"checksum {digest.hexdigest()} != {MD5}"))
-    with tarfile.open(archive) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(data_dir, filter="data")
-        else:  # Python without extraction filters: the archive's checksum was verified.
-            tar.extractall(data_dir)  # noqa: S202
-    archive.unlink()
 
 
-def load(data_dir: str | pathlib.Path, *, allow_download: bool = True, url: str = URL):
-    """Returns ``(train_images, train_labels, test_images, test_labels, label_names)``."""
+def load(data_dir: str | pathlib.Path, *, allow_download: bool = True, url: str = URL) -> Dataset:
+    """Reads the official batches from ``data_dir`` (or ``data_dir/cifar-10-batches-py``),
+    downloading them there first if absent and ``allow_download``."""
     data_dir = pathlib.Path(data_dir)
     folder = find_folder(data_dir)
     if folder is None:
@@ -164,7 +210,13 @@ def load(data_dir: str | pathlib.Path, *, allow_download: bool = True, url: str 
     train_images = np.concatenate([p[0] for p in parts])
     train_labels = np.concatenate([p[1] for p in parts])
     test_images, test_labels = load_batch(folder / TEST_FILE)
-    return train_images, train_labels, test_images, test_labels, load_label_names(folder)
+    return Dataset(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        label_names=load_label_names(folder),
+    )
 
 
 def normalize(images: jax.Array) -> jax.Array:

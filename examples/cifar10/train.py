@@ -1,26 +1,23 @@
-"""Train ResNet-9 on CIFAR-10 with Flax NNX, optax and jaxloss.
+"""Training and evaluation of ResNet-9 on CIFAR-10 with Flax NNX, optax and jaxloss.
 
-    python examples/cifar10/train.py --data-dir data --epochs 24 --workdir runs/cifar10
-
-Reads the official "python version" batches from ``--data-dir`` (downloading
-them if absent), trains with label-smoothed ``jaxloss.cross_entropy``, SGD with
-Nesterov momentum and a one-cycle learning rate, random-crop + flip augmentation
-on device, evaluates test accuracy after every epoch, and writes
-``WORKDIR/metrics.json`` and ``WORKDIR/curves.png``.
+``train_and_evaluate(config, workdir)`` is the whole run: it reads the data set
+named by ``config.data_dir``, trains with label-smoothed ``jaxloss.cross_entropy``,
+SGD with Nesterov momentum and a one-cycle learning rate, and random-crop + flip
+augmentation on device, evaluates test accuracy after every epoch, and writes
+``workdir/metrics.json`` and ``workdir/curves.png``. ``main.py`` is its command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
 import pathlib
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from tqdm import tqdm
@@ -28,21 +25,12 @@ from tqdm import tqdm
 import jaxloss as jl
 
 import input_pipeline as pipeline
+from configs import Config
 from models import ResNet9
 
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    epochs: int = 24
-    batch_size: int = 512
-    peak_learning_rate: float = 0.4
-    warmup_fraction: float = 0.2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.2
-    width: int = 64
-    dtype: str = "float32"
-    seed: int = 0
+# Steps between two reads of the losses in the progress bar: each read waits for the
+# device, so the running mean and the throughput it shows are of finished work.
+REPORT_EVERY = 10
 
 
 def create_train_state(config: Config, steps_per_epoch: int):
@@ -66,16 +54,21 @@ def create_train_state(config: Config, steps_per_epoch: int):
 
 @nnx.jit
 def train_step(model, optimizer, images, labels, key, label_smoothing):
-    """One SGD step on a batch of uint8 images; returns the batch's mean loss."""
+    """One SGD step on a batch of uint8 images.
+
+    Returns the batch's mean cross-entropy twice: label-smoothed (the objective whose
+    gradient is taken) and plain (the quantity the test loss reports).
+    """
     inputs = pipeline.normalize(pipeline.augment(key, images))
 
     def loss_fn(model):
         logits = model(inputs)
-        return jl.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        objective = jl.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        return objective, jl.cross_entropy(logits, labels)
 
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    (objective, plain), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    return loss
+    return objective, plain
 
 
 @nnx.jit
@@ -87,7 +80,8 @@ def eval_step(model, images, labels):
     return loss_sum, correct
 
 
-def evaluate(model, images: jax.Array, labels: jax.Array, batch_size: int):
+def evaluate(model, images: jax.Array, labels: jax.Array, batch_size: int) -> tuple[float, float]:
+    """Mean test cross-entropy (no smoothing) and accuracy over all of ``images``."""
     model.eval()
     n = images.shape[0]
     loss_sum, correct = 0.0, 0
@@ -105,63 +99,100 @@ def evaluate(model, images: jax.Array, labels: jax.Array, batch_size: int):
     return loss_sum / n, correct / n
 
 
-def train_and_evaluate(config: Config, data, workdir: pathlib.Path, progress: bool = True):
-    train_images, train_labels, test_images, test_labels, _ = data
+def training_subset(data: pipeline.Dataset, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The training images of a run: all, or ``config.train_subset`` of them (a fixed
+    shuffle's first ones, so that every class is represented)."""
+    images, labels = data.train_images, data.train_labels
+    if config.train_subset is not None and config.train_subset < len(images):
+        keep = np.random.default_rng(config.seed).permutation(len(images))[: config.train_subset]
+        images, labels = images[keep], labels[keep]
+    return images, labels
+
+
+def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> list[dict]:
+    """Trains and evaluates as ``config`` says; writes ``metrics.json`` and ``curves.png``
+    to ``workdir`` and returns the per-epoch records."""
+    workdir = pathlib.Path(workdir)
+    data = pipeline.load(config.data_dir, allow_download=config.download, url=config.download_url)
+    train_images, train_labels = training_subset(data, config)
     steps_per_epoch = len(train_images) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
-            f"--batch-size {config.batch_size} exceeds the {len(train_images)} training images"
+            f"batch size {config.batch_size} exceeds the {len(train_images)} training images"
         )
+    print(
+        f"CIFAR-10 from {config.data_dir}: {len(train_images)} training and "
+        f"{len(data.test_images)} test images; {config.epochs} epochs of {steps_per_epoch} "
+        f"steps; backend {jax.default_backend()} ({jax.devices()[0].device_kind})",
+        flush=True,
+    )
     model, optimizer = create_train_state(config, steps_per_epoch)
     model.train()
     train_images, train_labels = jnp.asarray(train_images), jnp.asarray(train_labels)
-    test_images, test_labels = jnp.asarray(test_images), jnp.asarray(test_labels)
+    test_images, test_labels = jnp.asarray(data.test_images), jnp.asarray(data.test_labels)
     key = jax.random.key(config.seed)
     history = []
     for epoch in range(1, config.epochs + 1):
         key, perm_key = jax.random.split(key)
         order = jax.random.permutation(perm_key, len(train_images))
-        losses = []
+        objectives, plains = [], []
+        finished = {"objective": 0.0, "plain": 0.0, "steps": 0}
         bar = tqdm(
             range(steps_per_epoch),
             desc=f"epoch {epoch}/{config.epochs}",
             unit="batch",
-            disable=not progress,
+            disable=not config.progress,
             file=sys.stderr,
         )
-        start = time.perf_counter()
+        clock_start, clock_steps = None, 0
         for step in bar:
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             key, step_key = jax.random.split(key)
-            losses.append(
-                train_step(
-                    model,
-                    optimizer,
-                    train_images[idx],
-                    train_labels[idx],
-                    step_key,
-                    config.label_smoothing,
-                )
+            objective, plain = train_step(
+                model,
+                optimizer,
+                train_images[idx],
+                train_labels[idx],
+                step_key,
+                config.label_smoothing,
             )
-            if step % 10 == 9 or step == steps_per_epoch - 1:
-                seen = (step + 1) * config.batch_size
-                rate = seen / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{float(losses[-1]):.3f}", img_s=f"{rate:,.0f}")
-        train_loss = float(jnp.mean(jnp.stack(losses)))
-        seconds = time.perf_counter() - start
+            objectives.append(objective)
+            plains.append(plain)
+            if step == 0 or step % REPORT_EVERY == REPORT_EVERY - 1 or step == steps_per_epoch - 1:
+                # Reading the values waits for the device to finish these steps.
+                done = jax.device_get(objectives[finished["steps"] :])
+                finished["objective"] += float(np.sum(done))
+                finished["plain"] += float(np.sum(jax.device_get(plains[finished["steps"] :])))
+                finished["steps"] = step + 1
+                now = time.perf_counter()
+                if clock_start is None:  # after the first step, so compiling is not timed
+                    clock_start, clock_steps = now, step + 1
+                postfix = {"loss": f"{finished['objective'] / finished['steps']:.3f}"}
+                if step + 1 > clock_steps:
+                    rate = (step + 1 - clock_steps) * config.batch_size / (now - clock_start)
+                    postfix["img/s"] = f"{rate:,.0f}"
+                bar.set_postfix(postfix)
+        clock_end = time.perf_counter()
+        timed_steps = steps_per_epoch - clock_steps
         test_loss, test_accuracy = evaluate(model, test_images, test_labels, config.batch_size)
         record = {
             "epoch": epoch,
-            "train_loss": train_loss,
+            "train_objective": finished["objective"] / steps_per_epoch,
+            "train_loss": finished["plain"] / steps_per_epoch,
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
-            "images_per_second": steps_per_epoch * config.batch_size / seconds,
-            "step_seconds": seconds / steps_per_epoch,
+            "images_per_second": (
+                timed_steps * config.batch_size / (clock_end - clock_start) if timed_steps else None
+            ),
+            "step_seconds": (clock_end - clock_start) / timed_steps if timed_steps else None,
         }
         history.append(record)
+        rate = record["images_per_second"]
         print(
-            f"epoch {epoch}: train loss {train_loss:.4f}, test loss {test_loss:.4f}, "
-            f"test accuracy {test_accuracy:.4f}, {record['images_per_second']:,.0f} images/s",
+            f"epoch {epoch}: train loss {record['train_loss']:.4f} "
+            f"(label-smoothed objective {record['train_objective']:.4f}), "
+            f"test loss {test_loss:.4f}, test accuracy {test_accuracy:.4f}"
+            + (f", {rate:,.0f} images/s" if rate else ""),
             flush=True,
         )
     write_outputs(workdir, config, history)
@@ -169,12 +200,7 @@ def train_and_evaluate(config: Config, data, workdir: pathlib.Path, progress: bo
 
 
 def write_outputs(workdir: pathlib.Path, config: Config, history: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
+    """``metrics.json`` (config, device, per-epoch records) and ``curves.png``."""
     workdir.mkdir(parents=True, exist_ok=True)
     metrics = {
         "config": dataclasses.asdict(config),
@@ -183,107 +209,41 @@ def write_outputs(workdir: pathlib.Path, config: Config, history: list[dict]) ->
         "epochs": history,
     }
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    figure = plot_curves(history, config.label_smoothing)
+    figure.savefig(workdir / "curves.png", dpi=100)
+
+
+def plot_curves(history: list[dict], label_smoothing: float):
+    """Train and test cross-entropy (both without label smoothing) and test accuracy per
+    epoch, as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(10, 4), layout="tight")
+    ax_loss, ax_acc = figure.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(
+        epochs,
+        [h["train_loss"] for h in history],
+        "o-",
+        label="train (augmented batches, mean over the epoch)",
+    )
     ax_loss.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    title = "cross-entropy"
+    if label_smoothing:
+        title += f" (trained with label smoothing {label_smoothing:g}; shown without)"
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title=title)
     ax_loss.legend()
     ax_acc.plot(epochs, [100 * h["test_accuracy"] for h in history], "o-", color="C2")
-    ax_acc.set(xlabel="epoch", ylabel="%", title="test accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="%", title="test accuracy", ylim=(0, 100))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    fig.savefig(workdir / "curves.png", dpi=100)
-    plt.close(fig)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    defaults = Config()
-    parser = argparse.ArgumentParser(
-        description="Train ResNet-9 on CIFAR-10 with jaxloss.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=pathlib.Path,
-        default=pathlib.Path("data"),
-        help="folder with cifar-10-batches-py/ (downloaded there if absent)",
-    )
-    parser.add_argument(
-        "--workdir",
-        type=pathlib.Path,
-        default=pathlib.Path("runs/cifar10"),
-        help="where metrics.json and curves.png are written",
-    )
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=defaults.peak_learning_rate,
-        help="peak of the one-cycle schedule",
-    )
-    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument(
-        "--width",
-        type=int,
-        default=defaults.width,
-        help="channels of the first stage (64 in ResNet-9)",
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=defaults.dtype,
-        help="compute dtype of the network (parameters stay float32)",
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument(
-        "--no-download",
-        action="store_true",
-        help="fail instead of downloading when the data is absent",
-    )
-    parser.add_argument("--download-url", default=pipeline.URL, help=argparse.SUPPRESS)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "width"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0.0 <= args.label_smoothing <= 1.0:
-        parser.error("--label-smoothing must be in [0, 1]")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    config = Config(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        peak_learning_rate=args.learning_rate,
-        label_smoothing=args.label_smoothing,
-        width=args.width,
-        dtype=args.dtype,
-        seed=args.seed,
-    )
-    try:
-        data = pipeline.load(
-            args.data_dir, allow_download=not args.no_download, url=args.download_url
-        )
-    except pipeline.DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(
-        f"CIFAR-10: {len(data[0])} training and {len(data[2])} test images; "
-        f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}",
-        flush=True,
-    )
-    history = train_and_evaluate(config, data, args.workdir, progress=not args.no_progress)
-    print(f"metrics: {args.workdir / 'metrics.json'}, curves: {args.workdir / 'curves.png'}")
-    accuracy = history[-1]["test_accuracy"]
-    print(f"final test accuracy: {accuracy:.4f} ({100 * accuracy:.2f}%)")
-    return 0 if math.isfinite(history[-1]["train_loss"]) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, max(epochs, default=1) + 0.5)
+    return figure

@@ -67,13 +67,23 @@ def write(out: pathlib.Path, num_train: int, num_test: int, seed: int = 0) -> pa
     return folder
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=pathlib.Path)
-    parser.add_argument("--train", type=int, default=50000)
-    parser.add_argument("--test", type=int, default=10000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python examples/cifar10/make_synthetic_data.py",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        default=argparse.SUPPRESS,
+        type=pathlib.Path,
+        help="folder to write cifar-10-batches-py/ into (give it to main.py as --data-dir)",
+    )
+    parser.add_argument("--train", type=int, default=50000, help="training images to write")
+    parser.add_argument("--test", type=int, default=10000, help="test images to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of labels, phases and noise")
+    args = parser.parse_args(argv)
     print(f"wrote {write(args.out, args.train, args.test, args.seed)}")
 
 

@@ -121,6 +121,19 @@ def test_every_option_has_help_with_its_default(capsys):
         assert len(options.split(flag, 1)[1].split(" --", 1)[0].split()) >= 4
 
 
+def test_synthetic_data_maker_documents_its_options_and_writes_what_main_reads(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        make_synthetic_data.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]
+    for flag, default in [("--train", "50000"), ("--test", "10000"), ("--seed", "0")]:
+        help_text = text.split(f"{flag} {flag[2:].upper()}", 1)[1].split(" --", 1)[0]
+        assert f"(default: {default})" in help_text, (flag, help_text)
+    assert "--out OUT folder to write" in text and "(default: None)" not in text
+    make_synthetic_data.main(["--out", str(tmp_path), "--train", "50", "--test", "20"])
+    data = pipeline.load(tmp_path, allow_download=False)
+    assert len(data.train_images) == 50 and len(data.test_images) == 20
+
+
 def test_missing_data_names_the_files_the_url_and_the_synthetic_maker(tmp_path, capsys):
     data_dir = tmp_path / "nowhere" / "data"
     code = main.main(["--data-dir", str(data_dir), "--download-url", UNREACHABLE])

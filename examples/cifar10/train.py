@@ -100,8 +100,8 @@ def evaluate(model, images: jax.Array, labels: jax.Array, batch_size: int) -> tu
 
 
 def training_subset(data: pipeline.Dataset, config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """The training images of a run: all, or ``config.train_subset`` of them (a fixed
-    shuffle's first ones, so that every class is represented)."""
+    """The training images of a run: all, or ``config.train_subset`` of them, drawn from
+    every batch file by a shuffle that ``config.seed`` fixes."""
     images, labels = data.train_images, data.train_labels
     if config.train_subset is not None and config.train_subset < len(images):
         keep = np.random.default_rng(config.seed).permutation(len(images))[: config.train_subset]

@@ -80,9 +80,9 @@ def _chunk_logits(x_c, w, bias, scalars: Scalars, options: Options):
     return soft_cap(raw, scalars.logit_softcap)
 
 
-def _chunk_coefficients(codes_c, w, scalars: Scalars, options: Options):
+def _chunk_coefficients(x_c, codes_c, w, scalars: Scalars, options: Options):
     """The chunk's coefficients, its resolved targets, and which tokens count."""
-    acc = compute_dtype(w.dtype)
+    acc = accumulation_dtype(x_c, w)
     vocab = w.shape[1]
     targets = index_targets(codes_c)
     share = None
@@ -97,7 +97,7 @@ def _chunk_coefficients(codes_c, w, scalars: Scalars, options: Options):
 def _chunk_loss_and_logit_grad(x_c, codes_c, w, bias, scalars: Scalars, options: Options):
     """Per-token losses of one chunk, d(their sum)/d(raw logits), and the chunk's hidden
     states with the rows of tokens that add nothing set to 0."""
-    a, targets, counted = _chunk_coefficients(codes_c, w, scalars, options)
+    a, targets, counted = _chunk_coefficients(x_c, codes_c, w, scalars, options)
     # A token that adds nothing passes no gradient to x, w or bias, even if its hidden
     # state is nan: its row never enters the matmuls.
     x_c = jnp.where(counted[:, None], x_c, 0)
@@ -117,7 +117,7 @@ def _chunk_loss_and_logit_grad(x_c, codes_c, w, bias, scalars: Scalars, options:
 
 
 def _chunk_loss(x_c, codes_c, w, bias, scalars: Scalars, options: Options):
-    a, targets, counted = _chunk_coefficients(codes_c, w, scalars, options)
+    a, targets, counted = _chunk_coefficients(x_c, codes_c, w, scalars, options)
     x_c = jnp.where(counted[:, None], x_c, 0)
     logits, _ = _chunk_logits(x_c, w, bias, scalars, options)
     loss, lse = softmax_cross_entropy(logits, a)
@@ -370,11 +370,11 @@ def linear_cross_entropy(
         weight: optional ``[V]`` class weights.
         ignore_index: targets equal to it are skipped (static, a Python int compared
             as an integer: a value the targets' dtype cannot hold matches nothing).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (options).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (static).
         label_smoothing: $\varepsilon \in [0, 1]$.
         z_loss: coefficient of the $\operatorname{lse}^2$ penalty (PaLM), default 0.
         logit_softcap: optional $c > 0$ for $c\tanh(z/c)$ (Gemma 2).
-        chunk_size: tokens per chunk (options); by default the largest power of two
+        chunk_size: tokens per chunk (static); by default the largest power of two
             whose float32 logits fit in 16 MiB.
 
     Returns:

@@ -36,6 +36,11 @@ OVERRIDES = {
 }
 
 
+def _dest(flag: str) -> str:
+    """The attribute argparse stores ``flag`` under."""
+    return flag[2:].replace("-", "_")
+
+
 def _preset_defaults(field: str) -> str:
     values = {name: getattr(configs.get(name), field) for name in configs.PRESETS}
     if len(set(values.values())) == 1:
@@ -87,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     for flag in ("--epochs", "--batch-size", "--train-subset", "--width"):
-        value = getattr(args, flag[2:].replace("-", "_"))
+        value = getattr(args, _dest(flag))
         if value is not None and value < 1:
             parser.error(f"{flag} must be >= 1")
     if args.label_smoothing is not None and not 0.0 <= args.label_smoothing <= 1.0:
@@ -101,9 +106,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[str, configs.Config]:
     if name == "auto":
         name = "cpu" if jax.default_backend() == "cpu" else "full"
     overrides = {
-        field: getattr(args, flag[2:].replace("-", "_"))
+        field: getattr(args, _dest(flag))
         for flag, (field, _, _) in OVERRIDES.items()
-        if getattr(args, flag[2:].replace("-", "_")) is not None
+        if getattr(args, _dest(flag)) is not None
     }
     config = dataclasses.replace(
         configs.get(name),
@@ -119,11 +124,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[str, configs.Config]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     name, config = config_from_args(args)
+    preset = configs.get(name)
     changed = ", ".join(
-        f"{f.name}={getattr(config, f.name)}"
-        for f in dataclasses.fields(config)
-        if f.name not in ("data_dir", "download", "download_url", "progress", "expected_duration")
-        and getattr(config, f.name) != getattr(configs.get(name), f.name)
+        f"{field}={getattr(config, field)}"
+        for field, _, _ in OVERRIDES.values()
+        if getattr(config, field) != getattr(preset, field)
     )
     print(f"preset {name}" + (f" with {changed}" if changed else ""), flush=True)
     if config.expected_duration and not changed:

@@ -160,9 +160,10 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> list[dict
             plains.append(plain)
             if step == 0 or step % REPORT_EVERY == REPORT_EVERY - 1 or step == steps_per_epoch - 1:
                 # Reading the values waits for the device to finish these steps.
-                done = jax.device_get(objectives[finished["steps"] :])
-                finished["objective"] += float(np.sum(done))
-                finished["plain"] += float(np.sum(jax.device_get(plains[finished["steps"] :])))
+                new = slice(finished["steps"], None)
+                done_objective, done_plain = jax.device_get((objectives[new], plains[new]))
+                finished["objective"] += float(np.sum(done_objective))
+                finished["plain"] += float(np.sum(done_plain))
                 finished["steps"] = step + 1
                 now = time.perf_counter()
                 if clock_start is None:  # after the first step, so compiling is not timed

@@ -176,6 +176,15 @@ def logit_options(
     return label_smoothing, z_loss, logit_softcap, smoothing, use_z_loss
 
 
+def optional_positive_int(name: str, value) -> int | None:
+    """A static size: a positive Python int, or None for the default."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+    ):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return None if value is None else int(value)
+
+
 def class_weight(weight, num_classes: int) -> jax.Array | None:
     """Per-class weights: a floating vector of length ``num_classes``."""
     if weight is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +46,10 @@ class Options:
     has_softcap: bool = False
     # linear_cross_entropy only
     chunk_size: int = 0
-    vocab_slice: int = 0  # columns of the weight gradient added per loop step
+    vocab_slice: int = 0  # one pass: columns of the weight gradient added per loop step
+    passes: int = 1  # over the vocabulary for the gradients: 1, or 2 (see _linear.py)
+    vocab_chunk_size: int = 0  # two passes: vocabulary columns per step of the second
+    return_aux: bool = False
 
 
 class Scalars(NamedTuple):
@@ -68,6 +71,21 @@ class Scalars(NamedTuple):
             jnp.asarray(self.z_loss).astype(dtype),
             cast(self.logit_softcap),
         )
+
+
+class Fill(NamedTuple):
+    """The values written into masked entries: 0 and nan.
+
+    Plain constants by default. Inside its loops ``linear_cross_entropy`` passes arrays
+    tied to the loop index instead: XLA's CPU backend moves the broadcast of a constant
+    to a tile's shape out of a loop, where it stays alive as a buffer of the tile's size.
+    """
+
+    zero: Any = 0.0
+    nan: Any = float("nan")
+
+
+CONSTANT_FILL = Fill()
 
 
 # --- class-index targets -------------------------------------------------------------
@@ -169,7 +187,13 @@ def smoothing_share(x: jax.Array, label_smoothing) -> jax.Array:
 
 
 def index_coefficients(
-    targets: IndexTargets, num_classes: int, class_weight, dtype, label_smoothing=None, share=None
+    targets: IndexTargets,
+    num_classes: int,
+    class_weight,
+    dtype,
+    label_smoothing=None,
+    share=None,
+    fill: Fill = CONSTANT_FILL,
 ):
     """The coefficients ``a`` of class-index targets as an array ``[..., C]``.
 
@@ -178,14 +202,33 @@ def index_coefficients(
     nan on elements whose target is outside ``[0, C)``. Returns ``(a, w_y)``.
     """
     w_y = target_weight(class_weight, targets.class_index, dtype)
-    element_weight = jnp.where(targets.keep, w_y, 0.0)
-    onehot = targets.class_index[..., None] == jnp.arange(num_classes, dtype=jnp.int32)
-    a = jnp.where(onehot, element_weight[..., None], 0.0)
+    spread = None
     if share is not None:
         spread = share if class_weight is None else share * class_weight
-        a = (1.0 - label_smoothing) * a + jnp.where(targets.keep[..., None], spread, 0.0)
-    a = jnp.where(targets.bad[..., None], jnp.nan, a)
+    element_weight = jnp.where(targets.keep, w_y, 0.0)
+    a = coefficient_columns(targets, element_weight, 0, num_classes, label_smoothing, spread, fill)
     return a, w_y
+
+
+def coefficient_columns(
+    targets: IndexTargets,
+    element_weight,
+    first,
+    width: int,
+    label_smoothing=None,
+    spread=None,
+    fill: Fill = CONSTANT_FILL,
+):
+    """Columns ``first, ..., first + width - 1`` of the coefficients of
+    ``index_coefficients``, from each element's weight (``w[y]``, 0 where ignored) and
+    the smoothing ``spread`` of those columns (``share * w``), or None without smoothing.
+    ``first`` may be traced: the second pass of ``linear_cross_entropy`` walks the
+    vocabulary with it."""
+    onehot = (targets.class_index - first)[..., None] == jnp.arange(width, dtype=jnp.int32)
+    a = jnp.where(onehot, element_weight[..., None], fill.zero)
+    if spread is not None:
+        a = (1.0 - label_smoothing) * a + jnp.where(targets.keep[..., None], spread, fill.zero)
+    return jnp.where(targets.bad[..., None], fill.nan, a)
 
 
 # --- z-loss and soft-cap -------------------------------------------------------------
@@ -222,11 +265,11 @@ def drop_minus_inf_tangent(x: jax.Array, dx: jax.Array) -> jax.Array:
     return jnp.where(x == -jnp.inf, 0.0, dx)
 
 
-def logit_gradient(scale, p, a):
+def logit_gradient(scale, p, a, fill: Fill = CONSTANT_FILL):
     """``scale * p - a``: the gradient of ``sum_c a_c (-log p_c)`` (times ``scale = S``)
     in the logits, exactly 0 for a class whose coefficient and row scale are both 0, so
     that a row that adds nothing passes no gradient, even from non-finite logits."""
-    return jnp.where((scale != 0) | (a != 0), scale * p - a, 0.0)
+    return jnp.where((scale != 0) | (a != 0), scale * p - a, fill.zero)
 
 
 def xent_terms(x, a, m, s):

@@ -369,18 +369,54 @@ def _count_matmuls(jaxpr) -> int:
 
 @claim(
     "docs/large-vocab.md",
-    "Value and gradients cost three matmuls",
+    "Three matmuls: the logits, $G W^\\top$, $x^\\top G$, as many as the unfused loss.",
+    "Four matmuls (the logits twice)",
+    "Value and gradients cost three matmuls in one pass, four in two.",
     "backward pass (four matmuls), still one chunk at a time.",
 )
 def matmul_counts():
     x, w, y = jnp.ones((64, 8)), jnp.ones((8, 32)), jnp.zeros(64, jnp.int32)
-    for reduction, want in (("mean", 3), ("sum", 3), ("none", 4)):
+    cases = [("mean", 1, 3), ("sum", 1, 3), ("mean", 2, 4), ("sum", 2, 4), ("none", None, 4)]
+    for reduction, passes, want in cases:
 
-        def loss(x, w, reduction=reduction):
-            return jnp.sum(jl.linear_cross_entropy(x, w, y, reduction=reduction, chunk_size=16))
+        def loss(x, w, reduction=reduction, passes=passes):
+            out = jl.linear_cross_entropy(
+                x, w, y, reduction=reduction, chunk_size=16, passes=passes
+            )
+            return jnp.sum(out)
 
         jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(x, w).jaxpr
-        assert _count_matmuls(jaxpr) == want, reduction
+        assert _count_matmuls(jaxpr) == want, (reduction, passes)
+
+
+@claim(
+    "docs/large-vocab.md",
+    "`passes=None` (the default) takes two passes when `w` is",
+    "bfloat16 or float16 and its vocabulary axis is known to be whole on every device",
+)
+def default_passes():
+    from jaxloss._linear import auto_passes
+
+    x32, w32 = jnp.ones((4, 8)), jnp.ones((8, 32))
+    assert auto_passes(x32, w32) == 1
+    for dtype in (jnp.bfloat16, jnp.float16):
+        assert auto_passes(x32.astype(dtype), w32.astype(dtype)) == 2
+        assert auto_passes(x32, w32.astype(dtype)) == 2  # the weight's dtype decides
+        assert auto_passes(x32.astype(dtype), w32) == 1
+
+
+@claim(
+    "docs/large-vocab.md",
+    "The second pass's slice width defaults to as many columns as fit a float32",
+    "slice of $\\partial L/\\partial W$ in 16 MiB or in 1/64 of the gradient's bytes,",
+)
+def default_vocab_chunk():
+    from jaxloss._linear import auto_vocab_chunk_size
+
+    for hidden, vocab, itemsize in ((512, 65536, 2), (2304, 256000, 2), (4096, 131072, 4)):
+        width = auto_vocab_chunk_size(hidden, vocab, itemsize)
+        budget = max(CHUNK_BYTES, hidden * vocab * itemsize // 64)
+        assert width % 128 == 0 and width * hidden * 4 <= budget < (width + 128) * hidden * 4
 
 
 @claim(
@@ -413,7 +449,15 @@ def linear_options():
     linear = set(inspect.signature(jl.linear_cross_entropy).parameters)
     plain = set(inspect.signature(jl.cross_entropy).parameters)
     assert plain - linear == {"logits", "where", "axis"}
-    assert linear - plain == {"x", "w", "bias", "chunk_size"}
+    assert linear - plain == {
+        "x",
+        "w",
+        "bias",
+        "chunk_size",
+        "passes",
+        "vocab_chunk_size",
+        "return_aux",
+    }
     with pytest.raises(TypeError, match="targets must be integer token ids"):
         jl.linear_cross_entropy(jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.ones((2, 4)))
 

@@ -41,6 +41,12 @@ CASES = {
         lambda x, w, y: jl.linear_cross_entropy(x, w, y, chunk_size=4, label_smoothing=0.1),
         (X, jax.ShapeDtypeStruct((16, 32), jnp.float32), Y),
     ),
+    "linear_cross_entropy two passes": (
+        lambda x, w, y: jl.linear_cross_entropy(
+            x, w, y, chunk_size=4, vocab_chunk_size=12, return_aux=True
+        )[0],
+        (X16, jax.ShapeDtypeStruct((16, 32), jnp.bfloat16), Y),
+    ),
     "linear_cross_entropy none": (
         lambda x, w, y: jl.linear_cross_entropy(x, w, y, reduction="none").sum(),
         (X16, jax.ShapeDtypeStruct((16, 32), jnp.bfloat16), Y),

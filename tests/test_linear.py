@@ -32,18 +32,24 @@ def _resolve(options, v, dtype=jnp.float64):
 
 
 # Every option set with every reduction; the chunk sizes (one chunk, exact chunks, a
-# padded tail) rotate so that each reduction and each option set meets each of them.
+# padded tail), the vocabulary slices of the second pass (the whole vocabulary, slices
+# that divide V = 32, a narrower last slice) and the number of passes rotate so that each
+# reduction and each option set meets each of them.
 CHUNK_SIZES = [None, 8, 7]
+VOCAB_CHUNK_SIZES = [None, 8, 7]
 UNFUSED_CASES = [
-    (options, reduction, CHUNK_SIZES[(i + j) % 3])
+    (options, reduction, CHUNK_SIZES[(i + j) % 3], VOCAB_CHUNK_SIZES[(i + 2 * j) % 3], passes)
     for i, options in enumerate(OPTIONS)
     for j, reduction in enumerate(["mean", "sum", "none"])
+    for passes in ([1, 2] if reduction != "none" else [None])
 ]
 
 
-@pytest.mark.parametrize("options, reduction, chunk_size", UNFUSED_CASES)
-def test_value_and_gradients_equal_unfused(x64, options, reduction, chunk_size):
-    x, w, b, y = build.linear_problem()
+@pytest.mark.parametrize("options, reduction, chunk_size, vocab_chunk_size, passes", UNFUSED_CASES)
+def test_value_and_gradients_equal_unfused(
+    x64, options, reduction, chunk_size, vocab_chunk_size, passes
+):
+    x, w, b, y = build.linear_problem(v=32)
     kwargs = dict(_resolve(options, w.shape[1]), reduction=reduction)
 
     def weighted(fn):
@@ -54,7 +60,15 @@ def test_value_and_gradients_equal_unfused(x64, options, reduction, chunk_size):
         return total
 
     fused = weighted(
-        lambda *a, **k: jl.linear_cross_entropy(*a[:2], a[3], bias=a[2], chunk_size=chunk_size, **k)
+        lambda *a, **k: jl.linear_cross_entropy(
+            *a[:2],
+            a[3],
+            bias=a[2],
+            chunk_size=chunk_size,
+            vocab_chunk_size=vocab_chunk_size,
+            passes=passes,
+            **k,
+        )
     )
     naive = weighted(_naive)
     value, grads = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2)))(x, w, b)
@@ -69,8 +83,8 @@ def test_weight_gradient_accumulated_in_vocabulary_slices(x64, monkeypatch, redu
     from jaxloss import _linear
 
     x, w, b, y = build.linear_problem(v=32)
-    # 256 bytes per slice of an H = 8 gradient: slices of 8 columns, four per chunk.
-    monkeypatch.setattr(_linear, "CHUNK_BYTES", 256)
+    # 1024 bytes of chunk: slices of a quarter, 256 bytes of an H = 8 gradient, 8 columns.
+    monkeypatch.setattr(_linear, "CHUNK_BYTES", 1024)
     assert _linear.vocab_slice_size(32, 8) == 8
     fused = jax.value_and_grad(
         lambda x, w, b: jl.linear_cross_entropy(
@@ -102,8 +116,9 @@ def test_all_ignored_gives_zero_and_zero_gradient(x64):
     assert loss == 0.0 and not np.any(np.asarray(gx)) and not np.any(np.asarray(gw))
 
 
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_finite_differences(x64, reduction):
+@pytest.mark.parametrize("reduction, passes", [("mean", 1), ("mean", 2), ("none", None)])
+def test_finite_differences(x64, reduction, passes):
+    """First and second derivatives, forward and reverse, of both paths."""
     x, w, b, y = build.linear_problem(n=7, h=3, v=6)
 
     def f(x, w, b):
@@ -113,6 +128,8 @@ def test_finite_differences(x64, reduction):
             y,
             bias=b,
             reduction=reduction,
+            passes=passes,
+            vocab_chunk_size=4,
             chunk_size=3,
             label_smoothing=0.1,
             z_loss=0.01,
@@ -125,9 +142,13 @@ def test_finite_differences(x64, reduction):
     )
 
 
-def test_forward_mode_vmap_and_jit(x64):
+@pytest.mark.parametrize("passes", [1, 2])
+def test_forward_mode_vmap_and_jit(x64, passes):
     x, w, b, y = build.linear_problem(n=11, batch=4)
-    loss = lambda x, w, y: jl.linear_cross_entropy(x, w, y, chunk_size=4)  # noqa: E731
+
+    def loss(x, w, y):
+        return jl.linear_cross_entropy(x, w, y, chunk_size=4, passes=passes, vocab_chunk_size=8)
+
     per_batch = jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1)), in_axes=(0, None, 0)))
     values, (gx, gw) = per_batch(x, w, y)
     unfused = jax.jit(jax.value_and_grad(lambda x, w, y: jl.cross_entropy(x @ w, y), (0, 1)))
@@ -141,21 +162,118 @@ def test_forward_mode_vmap_and_jit(x64):
     np.testing.assert_allclose(fwd, jnp.sum(jax.grad(loss, 1)(x[0], w, y[0]) * tangent), rtol=1e-10)
 
 
-def test_bfloat16_inputs_accumulate_in_float32():
-    x, w, b, y = build.linear_problem(n=64, h=32, v=300, dtype=jnp.float32)
+def test_bfloat16_inputs_accumulate_in_float32(x64):
+    """bfloat16 operands, float32 sums, both paths: every gradient entry is its float64
+    value (from the same bfloat16 inputs) to within a few bfloat16 roundings of the
+    magnitudes summed, and two passes are as accurate as one."""
+    x, w, b, y = build.linear_problem(n=256, h=32, v=300, dtype=jnp.float32)
     xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-    loss, (gx, gw) = jax.value_and_grad(jl.linear_cross_entropy, (0, 1))(
-        xb, wb, y, label_smoothing=0.1, chunk_size=16
-    )
-    assert loss.dtype == gx.dtype == gw.dtype == jnp.bfloat16
-    # Reference: the same bf16 values, everything in float32.
-    ref_loss, (ref_gx, ref_gw) = jax.value_and_grad(
+    ref_loss, ref_grads = jax.value_and_grad(
         lambda x, w: jl.cross_entropy(x @ w, y, label_smoothing=0.1), (0, 1)
-    )(xb.astype(jnp.float32), wb.astype(jnp.float32))
-    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-2)
-    scale_x, scale_w = float(jnp.max(jnp.abs(ref_gx))), float(jnp.max(jnp.abs(ref_gw)))
-    np.testing.assert_allclose(gx.astype(jnp.float32), ref_gx, atol=2e-2 * scale_x)
-    np.testing.assert_allclose(gw.astype(jnp.float32), ref_gw, atol=2e-2 * scale_w)
+    )(xb.astype(jnp.float64), wb.astype(jnp.float64))
+    # dx = G w^T and dw = x^T G are sums of products: their error scales with the sum of
+    # the terms' magnitudes, |G| |w|^T and |x|^T |G|.
+    logits = xb.astype(jnp.float64) @ wb.astype(jnp.float64)
+    g = np.abs(jax.grad(lambda z: jl.cross_entropy(z, y, label_smoothing=0.1))(logits))
+    magnitudes = (
+        g @ np.abs(np.asarray(wb, np.float64)).T,
+        np.abs(np.asarray(xb, np.float64)).T @ g,
+    )
+    errors = {}
+    for passes in (1, 2):
+        loss, grads = jax.jit(
+            jax.value_and_grad(
+                lambda x, w: jl.linear_cross_entropy(
+                    x, w, y, label_smoothing=0.1, chunk_size=16, passes=passes, vocab_chunk_size=128
+                ),
+                (0, 1),
+            )
+        )(xb, wb)
+        assert loss.dtype == grads[0].dtype == grads[1].dtype == jnp.bfloat16
+        np.testing.assert_allclose(float(loss), float(ref_loss), rtol=2**-8)
+        errors[passes] = []
+        for got, want, magnitude in zip(grads, ref_grads, magnitudes, strict=True):
+            error = np.abs(np.asarray(got, np.float64) - want)
+            assert np.all(error <= 2**-7 * magnitude + 2**-8 * np.abs(want))
+            errors[passes].append(float(np.max(error / (magnitude + np.abs(want) + 1e-300))))
+    for one, two in zip(errors[1], errors[2], strict=True):
+        assert two <= 1.1 * one
+
+
+def test_two_passes_keep_no_vocabulary_wide_float32_buffer():
+    """bfloat16 weights: one pass accumulates dw in an H x V float32 buffer (twice dw);
+    two passes (the default here) stay a small fraction of dx + dw."""
+    n, h, v = 256, 512, 16384
+    x = jax.ShapeDtypeStruct((n, h), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((h, v), jnp.bfloat16)
+    y = jax.ShapeDtypeStruct((n,), jnp.int32)
+    gradient_bytes = (n * h + h * v) * 2  # dx and dw
+
+    def temp_bytes(**kwargs):
+        step = jax.value_and_grad(
+            lambda x, w, y: jl.linear_cross_entropy(
+                x, w, y, chunk_size=32, vocab_chunk_size=1024, **kwargs
+            ),
+            argnums=(0, 1),
+        )
+        return jax.jit(step).lower(x, w, y).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(passes=1) >= h * v * 4
+    assert temp_bytes() == temp_bytes(passes=2) < h * v * 4 / 4 < gradient_bytes
+
+
+@pytest.mark.parametrize(
+    "reduction, passes", [("mean", 1), ("mean", 2), ("sum", 2), ("none", None)]
+)
+def test_auxiliary_statistics_follow_their_formulas(x64, reduction, passes):
+    x, w, b, y = build.linear_problem(v=32)
+    # Class 0 has weight 0: without a z-loss its tokens add nothing and are not counted.
+    weight = jnp.linspace(0.0, 2.0, 32)
+    y = y.at[:3].set(0)
+    # Some tokens whose target is the model's top choice.
+    y = y.at[5:15].set(jnp.argmax(x @ w + b, axis=-1)[5:15])
+    logits = x @ w + b
+    lse = jax.scipy.special.logsumexp(logits, axis=-1)
+    for z_loss in (0.0, 0.01):
+        kwargs = dict(bias=b, weight=weight, z_loss=z_loss, reduction=reduction, chunk_size=8)
+
+        def with_aux(x, w, kwargs=kwargs):
+            return jl.linear_cross_entropy(
+                x, w, y, passes=passes, vocab_chunk_size=8, return_aux=True, **kwargs
+            )
+
+        loss, aux = jax.jit(with_aux)(x, w)
+        np.testing.assert_allclose(loss, jl.linear_cross_entropy(x, w, y, **kwargs), rtol=1e-12)
+        assert set(aux) == {"z_loss", "log_partition", "accuracy"}
+        counted = y != -100
+        if z_loss == 0:
+            counted = counted & (weight[jnp.maximum(y, 0)] != 0)
+        want = {
+            "z_loss": z_loss * lse**2,
+            "log_partition": lse,
+            "accuracy": (jnp.argmax(logits, axis=-1) == y).astype(lse.dtype),
+        }
+        assert 0 < float(jnp.mean(want["accuracy"][counted])) < 1
+        for name, per_token in want.items():
+            per_token = jnp.where(counted, per_token, 0.0)
+            if reduction != "none":
+                per_token = jnp.sum(per_token) / jnp.sum(counted)
+            np.testing.assert_allclose(aux[name], per_token, rtol=1e-12, err_msg=name)
+            assert aux[name].dtype == jnp.float64
+        # The statistics are for logging: they carry no gradient.
+        grads = jax.grad(
+            lambda x, w, f=with_aux: sum(jnp.sum(a) for a in f(x, w)[1].values()), (0, 1)
+        )
+        assert not any(np.any(np.asarray(g)) for g in grads(x, w))
+
+
+def test_auxiliary_statistics_are_nan_with_a_target_out_of_range(x64):
+    x, w, b, y = build.linear_problem(v=32)
+    for passes in (1, 2):
+        loss, aux = jl.linear_cross_entropy(x, w, y.at[0].set(32), passes=passes, return_aux=True)
+        assert np.isnan(loss) and all(np.isnan(a) for a in aux.values())
+    _, aux = jl.linear_cross_entropy(x, w, jnp.full_like(y, -100), return_aux=True)
+    assert all(a == 0 for a in aux.values())
 
 
 def _temp_bytes(fn, *args):
@@ -210,6 +328,18 @@ def test_auto_chunk_size_bounds_one_chunk_of_logits():
             r"bias must have shape",
         ),
         (lambda x, w, y: jl.linear_cross_entropy(x, w, y, chunk_size=0), ValueError, "chunk_size"),
+        (
+            lambda x, w, y: jl.linear_cross_entropy(x, w, y, vocab_chunk_size=1.5),
+            ValueError,
+            "vocab_chunk_size must be a positive int",
+        ),
+        (lambda x, w, y: jl.linear_cross_entropy(x, w, y, passes=3), ValueError, "passes"),
+        (lambda x, w, y: jl.linear_cross_entropy(x, w, y, passes=True), ValueError, "passes"),
+        (
+            lambda x, w, y: jl.linear_cross_entropy(x, w, y, return_aux=1),
+            TypeError,
+            "return_aux must be a bool",
+        ),
         (
             lambda x, w, y: jl.linear_cross_entropy(x, w, y, weight=jnp.ones(2)),
             ValueError,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -670,6 +670,46 @@ def _linear_cross_entropy(x, w, codes, bias, options: Options, scalars: Scalars)
         jax.lax.stop_gradient(lse), jax.lax.stop_gradient(top), targets, counted, scalars, options
     )
     return loss, jax.tree.map(lambda a: a.reshape(codes.shape) if a.ndim else a, aux)
+
+
+@overload
+def linear_cross_entropy(
+    x: ArrayLike,
+    w: ArrayLike,
+    targets: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: ArrayLike = 0.0,
+    z_loss: ArrayLike = 0.0,
+    logit_softcap: ArrayLike | None = None,
+    chunk_size: int | None = None,
+    passes: int | None = None,
+    vocab_chunk_size: int | None = None,
+    return_aux: Literal[False] = False,
+) -> jax.Array: ...
+
+
+@overload
+def linear_cross_entropy(
+    x: ArrayLike,
+    w: ArrayLike,
+    targets: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: ArrayLike = 0.0,
+    z_loss: ArrayLike = 0.0,
+    logit_softcap: ArrayLike | None = None,
+    chunk_size: int | None = None,
+    passes: int | None = None,
+    vocab_chunk_size: int | None = None,
+    return_aux: Literal[True],
+) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
 
 def linear_cross_entropy(

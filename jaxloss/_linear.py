@@ -108,9 +108,7 @@ def _chunk_logits(x_c, w, bias, scalars: Scalars, options: Options):
     return soft_cap(raw, scalars.logit_softcap)
 
 
-def _chunk_coefficients(
-    x_c, codes_c, w, scalars: Scalars, options: Options, fill: Fill = CONSTANT_FILL
-):
+def _chunk_coefficients(x_c, codes_c, w, scalars: Scalars, options: Options):
     """The chunk's coefficients, its resolved targets, and which tokens count."""
     acc = accumulation_dtype(x_c, w)
     vocab = w.shape[1]
@@ -119,7 +117,7 @@ def _chunk_coefficients(
     if options.has_smoothing:
         share = jnp.full((vocab,), scalars.label_smoothing / vocab, acc)
     a, w_y = index_coefficients(
-        targets, vocab, scalars.class_weight, acc, scalars.label_smoothing, share, fill
+        targets, vocab, scalars.class_weight, acc, scalars.label_smoothing, share
     )
     return a, targets, contributing(targets, w_y, scalars, options)
 

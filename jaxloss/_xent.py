@@ -193,7 +193,6 @@ def index_coefficients(
     dtype,
     label_smoothing=None,
     share=None,
-    fill: Fill = CONSTANT_FILL,
 ):
     """The coefficients ``a`` of class-index targets as an array ``[..., C]``.
 
@@ -206,7 +205,7 @@ def index_coefficients(
     if share is not None:
         spread = share if class_weight is None else share * class_weight
     element_weight = jnp.where(targets.keep, w_y, 0.0)
-    a = coefficient_columns(targets, element_weight, 0, num_classes, label_smoothing, spread, fill)
+    a = coefficient_columns(targets, element_weight, 0, num_classes, label_smoothing, spread)
     return a, w_y
 
 

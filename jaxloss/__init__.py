@@ -2,6 +2,7 @@
 
 from jaxloss._binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from jaxloss._classification import cross_entropy, nll_loss
+from jaxloss._distill import linear_kl_div
 from jaxloss._divergence import kl_div
 from jaxloss._linear import linear_cross_entropy
 from jaxloss._softmax import log_sigmoid, log_softmax, softmax
@@ -14,6 +15,7 @@ __all__ = [
     "cross_entropy",
     "kl_div",
     "linear_cross_entropy",
+    "linear_kl_div",
     "log_sigmoid",
     "log_softmax",
     "nll_loss",

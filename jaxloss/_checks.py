@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 REDUCTIONS = ("mean", "sum", "none")
+# The losses over tokens (cross_entropy, nll_loss, linear_cross_entropy) also average
+# over sequences.
+TOKEN_REDUCTIONS = (*REDUCTIONS, "sequence_mean")
 
 
 def as_array(name: str, value: Any) -> jax.Array:
@@ -265,3 +268,44 @@ def same_shape(name: str, value, shape: tuple[int, ...], what: str) -> jax.Array
     if value.shape != tuple(shape):
         raise ValueError(f"{name} must have {what} shape {tuple(shape)}, got {value.shape}")
     return value
+
+
+class TokenWeighting(NamedTuple):
+    """The per-token options of the token losses, validated: each ``None`` or an array
+    (``normalizer`` a scalar)."""
+
+    token_weight: jax.Array | None
+    segment_ids: jax.Array | None
+    normalizer: jax.Array | None
+
+
+def token_weighting(
+    token_weight, segment_ids, normalizer, reduction: str, shape: tuple[int, ...]
+) -> TokenWeighting:
+    """Checks ``token_weight`` and ``segment_ids`` (the targets' ``shape``) and
+    ``normalizer`` (a positive scalar, for the two means only)."""
+    if token_weight is not None:
+        token_weight = as_array("token_weight", token_weight)
+        if not (
+            jnp.issubdtype(token_weight.dtype, jnp.floating)
+            or jnp.issubdtype(token_weight.dtype, jnp.integer)
+        ):
+            raise TypeError(f"token_weight must be real, got dtype {token_weight.dtype}")
+        token_weight = same_shape("token_weight", token_weight, shape, "the targets'")
+        if is_concrete(token_weight):
+            values = np.asarray(token_weight, np.float64)
+            if not np.all(np.isfinite(values) & (values >= 0)):
+                raise ValueError("token_weight must be finite and non-negative")
+    if segment_ids is not None:
+        segment_ids = as_array("segment_ids", segment_ids)
+        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise TypeError(f"segment_ids must be integers, got dtype {segment_ids.dtype}")
+        segment_ids = same_shape("segment_ids", segment_ids, shape, "the targets'")
+    if normalizer is not None:
+        if reduction not in ("mean", "sequence_mean"):
+            raise ValueError(
+                "normalizer replaces the denominator of reduction='mean' or 'sequence_mean', "
+                f"got reduction={reduction!r}"
+            )
+        normalizer = real_scalar("normalizer", normalizer, minimum=0.0, strict=True)
+    return TokenWeighting(token_weight, segment_ids, normalizer)

@@ -15,15 +15,15 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._reduce import compute_dtype, reduce_loss
+from jaxloss._reduce import compute_dtype, dropped_elements, reduce_tokens
 from jaxloss._xent import (
+    IGNORED,
     Options,
     Scalars,
     contributing,
     index_coefficients,
     index_cross_entropy,
     index_targets,
-    mean_denominator,
     resolve_targets,
     smoothing_share,
     soft_cap,
@@ -35,10 +35,20 @@ from jaxloss._xent import (
 
 
 @functools.partial(jax.jit, static_argnums=(4,))
-def _cross_entropy(logits, targets, scalars: Scalars, where, options: Options):
+def _cross_entropy(logits, targets, scalars: Scalars, where, options: Options, weighting):
     dtype = compute_dtype(logits.dtype)
     x = jnp.moveaxis(logits, options.axis, -1).astype(dtype)
     scalars = scalars.astype(dtype)
+    weighting = jax.lax.stop_gradient(weighting)
+    dropped = dropped_elements(weighting.token_weight, weighting.segment_ids)
+    if dropped is not None:
+        if options.index_targets:
+            targets = jnp.where(dropped, IGNORED, targets)
+        else:
+            # A dropped element's row becomes zeros with zero targets: loss 0 and no
+            # gradient, even where its logits are not finite.
+            x = jnp.where(dropped[..., None], 0.0, x)
+            targets = jnp.where(jnp.expand_dims(dropped, options.axis), 0.0, targets)
     if options.index_targets:
         resolved = index_targets(targets)
         w_y = target_weight(scalars.class_weight, resolved.class_index, dtype)
@@ -53,18 +63,20 @@ def _cross_entropy(logits, targets, scalars: Scalars, where, options: Options):
         x = jnp.where(jnp.moveaxis(where, options.axis, -1), x, -jnp.inf)
     if options.index_targets:
         loss, lse = index_cross_entropy(x, resolved, counted, scalars, options)
-        denominator = mean_denominator(resolved, w_y)
+        share = jnp.where(resolved.keep, w_y, 0.0)
     else:
+        share = jnp.ones(x.shape[:-1], dtype)
+        if dropped is not None:
+            share = jnp.where(dropped, 0.0, share)
         t = jnp.moveaxis(targets, options.axis, -1).astype(dtype)
         if options.has_smoothing:
             t = (1.0 - scalars.label_smoothing) * t + smoothing_share(x, scalars.label_smoothing)
         a = t if scalars.class_weight is None else t * scalars.class_weight
-        denominator = None
         loss, lse = softmax_cross_entropy(x, a)
     if options.has_z_loss:
         # lse is 0 on index elements that add nothing (ignored): no z-loss there.
         loss = loss + z_loss_term(lse, scalars.z_loss)
-    return reduce_loss(loss, options.reduction, denominator).astype(logits.dtype)
+    return reduce_tokens(loss, share, options.reduction, weighting).astype(logits.dtype)
 
 
 def cross_entropy(
@@ -79,6 +91,9 @@ def cross_entropy(
     where: ArrayLike | None = None,
     z_loss: ArrayLike = 0.0,
     logit_softcap: ArrayLike | None = None,
+    token_weight: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Softmax cross-entropy with class-index or class-probability targets.
 
@@ -128,13 +143,25 @@ def cross_entropy(
         ignore_index: index targets equal to it contribute 0 loss, 0 gradient and
             0 weight to the mean (static, a Python int; a value the targets' dtype
             cannot hold matches nothing). Only for index targets.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (static).
+        reduction: ``"mean"``, ``"sum"``, ``"none"`` or ``"sequence_mean"`` (the mean over
+            sequences of each sequence's mean; see ``segment_ids``) (static).
         label_smoothing: $\varepsilon \in [0, 1]$ (may be traced).
         axis: the class axis (static); ``axis=1`` is PyTorch's ``(N, C, d1, ...)``.
         where: optional boolean mask broadcastable to ``logits``; ``False``
             classes get probability 0 and no smoothing mass.
         z_loss: coefficient of the log-partition penalty (PaLM), default 0.
         logit_softcap: optional ``c > 0`` for $c\tanh(x/c)$ (Gemma 2).
+        token_weight: optional non-negative weights of the targets' shape (may be
+            traced, no gradient); each element's loss is multiplied by its weight,
+            and ``"mean"`` divides by $\sum_n t_n w_{y_n}$ over kept elements. An element
+            of weight 0 adds nothing.
+        segment_ids: optional integer ids of the targets' shape for packed sequences:
+            the elements of a row (the targets' last axis) that share an id form one
+            sequence; id 0 marks padding, ignored in every reduction.
+        normalizer: optional positive scalar (may be traced, no gradient) that
+            replaces the denominator of ``"mean"`` (the total weight) or of
+            ``"sequence_mean"`` (the number of sequences), e.g. the whole step's count
+            under gradient accumulation or data parallelism.
 
     Returns:
         A scalar, or the per-element losses (the logits' shape without ``axis``)
@@ -192,7 +219,11 @@ def cross_entropy(
             "ignore_index only applies to class-index targets; got probability targets "
             f"(dtype {targets.dtype}) with ignore_index={ignore_index}"
         )
-    reduction = _checks.reduction(reduction)
+    reduction = _checks.reduction(reduction, _checks.TOKEN_REDUCTIONS)
+    index_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
+    weighting = _checks.token_weighting(
+        token_weight, segment_ids, normalizer, reduction, index_shape
+    )
     class_weight = _checks.class_weight(weight, logits.shape[axis])
     label_smoothing, z_loss, logit_softcap, has_smoothing, has_z_loss = _checks.logit_options(
         label_smoothing, z_loss, logit_softcap
@@ -209,18 +240,22 @@ def cross_entropy(
         has_softcap=logit_softcap is not None,
     )
     scalars = Scalars(class_weight, label_smoothing, z_loss, logit_softcap)
-    return _cross_entropy(logits, targets, scalars, where, options)
+    return _cross_entropy(logits, targets, scalars, where, options, weighting)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
-def _nll_loss(log_probs, codes, class_weight, options: Options):
+def _nll_loss(log_probs, codes, class_weight, options: Options, weighting):
     dtype = compute_dtype(log_probs.dtype)
     lp = jnp.moveaxis(log_probs, options.axis, -1).astype(dtype)
+    weighting = jax.lax.stop_gradient(weighting)
+    dropped = dropped_elements(weighting.token_weight, weighting.segment_ids)
+    if dropped is not None:
+        codes = jnp.where(dropped, IGNORED, codes)
     targets = index_targets(codes)
     a, w_y = index_coefficients(targets, lp.shape[-1], class_weight, dtype)
     loss = weighted_nll(lp, a)
-    denominator = mean_denominator(targets, w_y)
-    return reduce_loss(loss, options.reduction, denominator).astype(log_probs.dtype)
+    share = jnp.where(targets.keep, w_y, 0.0)
+    return reduce_tokens(loss, share, options.reduction, weighting).astype(log_probs.dtype)
 
 
 def nll_loss(
@@ -231,6 +266,9 @@ def nll_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     axis: int = -1,
+    token_weight: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Negative log-likelihood of class-index targets, given log-probabilities.
 
@@ -253,8 +291,19 @@ def nll_loss(
         targets: integer class indices, the log-probabilities' shape without ``axis``.
         weight: optional ``[num_classes]`` class weights.
         ignore_index: targets equal to it are skipped (static).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (static).
+        reduction: ``"mean"``, ``"sum"``, ``"none"`` or ``"sequence_mean"`` (static).
         axis: the class axis (static).
+        token_weight: optional non-negative weights of the targets' shape (may be
+            traced, no gradient); each element's loss is multiplied by its weight,
+            and ``"mean"`` divides by $\sum_n t_n w_{y_n}$ over kept elements. An element
+            of weight 0 adds nothing.
+        segment_ids: optional integer ids of the targets' shape for packed sequences:
+            the elements of a row (the targets' last axis) that share an id form one
+            sequence; id 0 marks padding, ignored in every reduction.
+        normalizer: optional positive scalar (may be traced, no gradient) that
+            replaces the denominator of ``"mean"`` (the total weight) or of
+            ``"sequence_mean"`` (the number of sequences), e.g. the whole step's count
+            under gradient accumulation or data parallelism.
 
     Returns:
         A scalar, or per-element losses for ``reduction="none"``, in the input dtype.
@@ -289,6 +338,10 @@ def nll_loss(
     targets, _ = _checks.index_or_probability_targets(targets, log_probs.shape, axis)
     class_weight = _checks.class_weight(weight, log_probs.shape[axis])
     ignore_index = _checks.ignore_index(ignore_index)
-    options = Options(reduction=_checks.reduction(reduction), axis=axis)
+    reduction = _checks.reduction(reduction, _checks.TOKEN_REDUCTIONS)
+    weighting = _checks.token_weighting(
+        token_weight, segment_ids, normalizer, reduction, targets.shape
+    )
+    options = Options(reduction=reduction, axis=axis)
     codes = resolve_targets(targets, log_probs.shape[axis], ignore_index)
-    return _nll_loss(log_probs, codes, class_weight, options)
+    return _nll_loss(log_probs, codes, class_weight, options, weighting)

@@ -33,7 +33,15 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._reduce import compute_dtype, explicit_sharding, is_zero, safe_divide
+from jaxloss._reduce import (
+    compute_dtype,
+    dropped_elements,
+    element_scales,
+    explicit_sharding,
+    is_zero,
+    safe_divide,
+    varying_zero,
+)
 from jaxloss._softmax import max_and_sum_exp
 from jaxloss._xent import (
     CONSTANT_FILL,
@@ -47,7 +55,6 @@ from jaxloss._xent import (
     index_coefficients,
     index_targets,
     logit_gradient,
-    mean_denominator,
     resolve_targets,
     soft_cap,
     soft_cap_gradient,
@@ -122,20 +129,29 @@ def _chunk_coefficients(x_c, codes_c, w, scalars: Scalars, options: Options):
     return a, targets, contributing(targets, w_y, scalars, options)
 
 
-def _target_is_top(logits, targets, options: Options):
-    """1.0 where the target's logit is the row's largest (a tie counts), else 0.0;
-    zeros unless auxiliary statistics were asked for."""
+STATISTICS = ("accuracy", "target_log_prob", "entropy")
+
+
+def _token_statistics(logits, m, log_s, targets, options: Options):
+    """Per token, the columns of ``STATISTICS``: 1.0 where the target's logit is the row's
+    largest (a tie counts) else 0.0, the target's log-probability, and the entropy of
+    the softmax; ``[chunk, 0]`` unless auxiliary statistics were asked for."""
     if not options.return_aux:
-        return jnp.zeros(logits.shape[:1], logits.dtype)
+        return jnp.zeros((logits.shape[0], 0), logits.dtype)
     onehot = targets.class_index[:, None] == jnp.arange(logits.shape[1], dtype=jnp.int32)
     target_logit = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
-    return (target_logit >= jnp.max(logits, axis=-1)).astype(logits.dtype)
+    top = (target_logit >= m[:, 0]).astype(logits.dtype)
+    shifted = logits - m
+    p = jnp.exp(shifted - log_s[:, None])
+    # -sum_v p_v log p_v = log s - sum_v p_v (z_v - m); a class of probability 0 adds 0.
+    entropy = log_s - jnp.sum(jnp.where(p > 0, p * shifted, 0.0), axis=-1)
+    return jnp.stack([top, (target_logit - m[:, 0]) - log_s, entropy], axis=-1)
 
 
 class _ChunkTerms(NamedTuple):
     loss: jax.Array  # per token
     lse: jax.Array  # per token: log-sum-exp of the (capped) logits
-    top: jax.Array  # per token: 1.0 where the target has the largest logit
+    stats: jax.Array  # per token: the STATISTICS ([chunk, 0] without return_aux)
     grad: jax.Array | None = None  # d(sum of the losses)/d(raw logits), chunk x V
     row_scale: jax.Array | None = None  # per token: S in the gradient S p - a
     x: jax.Array | None = None  # the chunk's hidden states, rows that add nothing set to 0
@@ -194,8 +210,8 @@ def _chunk_loss_and_logit_grad(
         grad = soft_cap_gradient(grad, tanh)
     grad = jnp.where(counted[:, None], grad, fill.zero)
     grad = jnp.where(targets.bad[:, None], fill.nan, grad)
-    top = _target_is_top(logits, targets, options)
-    return _ChunkTerms(loss, lse, top, grad, scale, x_c)
+    stats = _token_statistics(logits, m, log_s, targets, options)
+    return _ChunkTerms(loss, lse, stats, grad, scale, x_c)
 
 
 def _chunk_loss(x_c, codes_c, w, bias, scalars: Scalars, options: Options):
@@ -205,8 +221,10 @@ def _chunk_loss(x_c, codes_c, w, bias, scalars: Scalars, options: Options):
     loss, lse = softmax_cross_entropy(logits, a)
     if options.has_z_loss:
         loss = loss + z_loss_term(lse, scalars.z_loss, targets.keep)
-    top = _target_is_top(logits, targets, options)
-    return _ChunkTerms(loss, jax.lax.stop_gradient(lse), top)
+    logits = jax.lax.stop_gradient(logits)
+    m, s = max_and_sum_exp(logits, -1)
+    stats = _token_statistics(logits, m, jnp.log(s[:, 0]), targets, options)
+    return _ChunkTerms(loss, jax.lax.stop_gradient(lse), stats)
 
 
 def _split(a, chunk):
@@ -231,7 +249,7 @@ def _merge(a, n):
     """Inverse of ``_split`` (dropping the padding): ``[count, chunk, ...]`` -> ``[n, ...]``."""
     sharding = explicit_sharding(a)
     if sharding is None:
-        return a.reshape(-1, *a.shape[2:])[:n]
+        return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])[:n]
     merged = jnp.moveaxis(a, 0, 1)
     spec = (*sharding.spec, *(None,) * (a.ndim - len(sharding.spec)))
     out = jax.sharding.NamedSharding(sharding.mesh, jax.P(spec[1], *spec[2:]))
@@ -239,36 +257,38 @@ def _merge(a, n):
     return jax.lax.reshape(merged, shape, out_sharding=out)[:n]
 
 
-def _pad_tokens(x, codes, options: Options):
-    """Pads the tokens to a multiple of the chunk size with ignored tokens."""
+def _pad_tokens(x, codes, token_scale, options: Options):
+    """Pads the tokens to a multiple of the chunk size with ignored tokens of scale 0."""
     n, chunk = x.shape[0], options.chunk_size
     padded = -(-n // chunk) * chunk
     if padded != n:
         x = jnp.pad(x, ((0, padded - n), (0, 0)))
         codes = jnp.pad(codes, (0, padded - n), constant_values=IGNORED)
-    return x, codes
+        token_scale = jnp.pad(token_scale, (0, padded - n))
+    return x, codes, token_scale
 
 
-def _chunked(x, codes, options: Options):
+def _chunked(x, codes, token_scale, options: Options):
     """Splits the tokens into chunks, padding the tail with ignored tokens."""
-    x, codes = _pad_tokens(x, codes, options)
-    return _split(x, options.chunk_size), _split(codes, options.chunk_size)
+    padded = _pad_tokens(x, codes, token_scale, options)
+    return tuple(_split(a, options.chunk_size) for a in padded)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
-def _fused_sum(x, w, bias, codes, scalars, scale, options):
-    """``scale * sum_n loss_n`` in one pass over the chunks, without gradients, and each
-    token's log-sum-exp and whether its target has the largest logit (statistics for
-    logging, which carry no tangent)."""
+def _fused_sum(x, w, bias, codes, scalars, token_scale, options):
+    """``sum_n token_scale_n loss_n`` in one pass over the chunks, without gradients, and
+    each token's log-sum-exp and ``STATISTICS`` (for logging; they carry no tangent)."""
     n = x.shape[0]
-    xs, ys = _chunked(x, codes, options)
+    xs, ys, cs = _chunked(x, codes, token_scale, options)
 
     def body(total, chunk_in):
-        terms = _chunk_loss(*chunk_in, w, bias, scalars, options)
-        return total + jnp.sum(terms.loss), (terms.lse, terms.top)
+        x_c, codes_c, scale_c = chunk_in
+        terms = _chunk_loss(x_c, codes_c, w, bias, scalars, options)
+        return total + jnp.sum(terms.loss * scale_c), (terms.lse, terms.stats)
 
-    total, (lse, top) = jax.lax.scan(body, jnp.zeros((), accumulation_dtype(x, w)), (xs, ys))
-    return total * scale, _merge(lse, n), _merge(top, n)
+    init = varying_zero(accumulation_dtype(x, w), x, w, bias, codes, token_scale)
+    total, (lse, stats) = jax.lax.scan(body, init, (xs, ys, cs))
+    return total, _merge(lse, n), _merge(stats, n)
 
 
 class _Grads(NamedTuple):
@@ -277,7 +297,7 @@ class _Grads(NamedTuple):
     w: jax.Array
     bias: jax.Array | None
     lse: jax.Array  # per token
-    top: jax.Array  # per token
+    stats: jax.Array  # per token
 
 
 def vocab_slice_size(vocab: int, hidden: int) -> int:
@@ -325,33 +345,32 @@ def _add_weight_grad(dw, x_c, g, acc_dtype, slice_size):
     return jax.lax.fori_loop(0, vocab // slice_size, add_slice, dw)
 
 
-def _one_pass_grads(x, w, bias, codes, scalars, scale, options) -> _Grads:
+def _one_pass_grads(x, w, bias, codes, scalars, token_scale, options) -> _Grads:
     """The scaled loss and its gradients for x, w and bias in one pass over the token
     chunks: the weight gradient is accumulated over the chunks, in the accumulation
     dtype (an ``H x V`` buffer, which is the gradient itself when ``w`` is float32)."""
     n = x.shape[0]
     matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
     acc = accumulation_dtype(x, w)
-    xs, ys = _chunked(x, codes, options)
+    xs, ys, cs = _chunked(x, codes, token_scale, options)
 
     def body(carry, chunk_in):
         total, dw, db = carry
-        x_c, codes_c = chunk_in
+        x_c, codes_c, scale_c = chunk_in
         fill = _loop_variant(Fill(jnp.zeros((), acc), jnp.full((), jnp.nan, acc)), codes_c)
         terms = _chunk_loss_and_logit_grad(x_c, codes_c, w, bias, scalars, options, fill)
-        g = terms.grad * scale
+        g = terms.grad * scale_c[:, None]
         g_mm = g.astype(matmul_dtype)
         dx_c = _hidden_grad(g_mm, w, terms.x)
         dw = _add_weight_grad(dw, terms.x, g_mm, acc, options.vocab_slice)
-        carry = (total + jnp.sum(terms.loss), dw, db + jnp.sum(g, axis=0))
-        return carry, (dx_c.astype(x.dtype), terms.lse, terms.top)
+        carry = (total + jnp.sum(terms.loss * scale_c), dw, db + jnp.sum(g, axis=0))
+        return carry, (dx_c.astype(x.dtype), terms.lse, terms.stats)
 
     # zeros_like: the accumulators keep w's sharding under explicit sharding.
-    init = (jnp.zeros((), acc), jnp.zeros_like(w, dtype=acc), jnp.zeros_like(w[0], dtype=acc))
-    (total, dw, db), (dxs, lse, top) = jax.lax.scan(body, init, (xs, ys))
-    return _Grads(
-        total * scale, _merge(dxs, n), dw.astype(w.dtype), db, _merge(lse, n), _merge(top, n)
-    )
+    zero = varying_zero(acc, x, w, bias, codes, token_scale)
+    init = (zero, jnp.zeros_like(w, dtype=acc) + zero, jnp.zeros_like(w[0], dtype=acc) + zero)
+    (total, dw, db), (dxs, lse, stats) = jax.lax.scan(body, init, (xs, ys, cs))
+    return _Grads(total, _merge(dxs, n), dw.astype(w.dtype), db, _merge(lse, n), _merge(stats, n))
 
 
 def _hidden_grad(g, w, x_c):
@@ -415,6 +434,12 @@ class _ChunkView(NamedTuple):
         return jax.lax.dynamic_update_index_in_dim(a, value, i, self.axis)
 
 
+def _with_trailing_axis(sharding):
+    """The sharding of a ``[n]`` array for a ``[n, k]`` one: the new axis whole."""
+    spec = (*sharding.spec, *(None,) * (1 - len(sharding.spec)))
+    return jax.sharding.NamedSharding(sharding.mesh, jax.P(*spec, None))
+
+
 def _padded_spec(a):
     spec = explicit_sharding(a).spec
     return (*spec, *(None,) * (a.ndim - len(spec)))
@@ -432,7 +457,7 @@ def _loop_variant(a, i):
     return jax.lax.optimization_barrier((a, i))[0]
 
 
-def _two_pass_grads(x, w, bias, codes, scalars, scale, options) -> _Grads:
+def _two_pass_grads(x, w, bias, codes, scalars, token_scale, options) -> _Grads:
     """The scaled loss and its gradients for x, w and bias with no ``H x V`` accumulator.
 
     Pass 1 walks the token chunks (each chunk's logits for the whole vocabulary): the
@@ -444,37 +469,49 @@ def _two_pass_grads(x, w, bias, codes, scalars, scale, options) -> _Grads:
     n = x.shape[0]
     matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
     acc = accumulation_dtype(x, w)
-    x, codes = _pad_tokens(x, codes, options)
+    x, codes, token_scale = _pad_tokens(x, codes, token_scale, options)
     chunks = _ChunkView(
         x.shape[0] // options.chunk_size, options.chunk_size, explicit_sharding(x) is not None
     )
-    xs, ys = chunks.view(x), chunks.view(codes)
+    xs, ys, cs = chunks.view(x), chunks.view(codes), chunks.view(token_scale.astype(acc))
 
     def body(i, carry):
-        total, dxs, lse, top, row_scale = carry
+        total, dxs, lse, stats, row_scale = carry
         x_c = chunks.take(xs, i)
+        scale_c = chunks.take(cs, i)
         fill = _loop_variant(Fill(jnp.zeros((), acc), jnp.full((), jnp.nan, acc)), i)
         terms = _chunk_loss_and_logit_grad(x_c, chunks.take(ys, i), w, bias, scalars, options, fill)
-        dx_c = _hidden_grad((terms.grad * scale).astype(matmul_dtype), w, x_c)
+        dx_c = _hidden_grad((terms.grad * scale_c[:, None]).astype(matmul_dtype), w, x_c)
         return (
-            total + jnp.sum(terms.loss),
+            total + jnp.sum(terms.loss * scale_c),
             chunks.put(dxs, i, dx_c),
             chunks.put(lse, i, terms.lse),
-            chunks.put(top, i, terms.top),
+            chunks.put(stats, i, terms.stats),
             chunks.put(row_scale, i, terms.row_scale),
         )
 
     per_token = chunks.view(jnp.zeros_like(codes, dtype=acc))
-    init = (jnp.zeros((), acc), jnp.zeros_like(xs), per_token, per_token, per_token)
-    total, dxs, lse, top, row_scale = jax.lax.fori_loop(0, chunks.num_chunks, body, init)
-    dw, db = _weight_grad_by_vocabulary(
-        xs, ys, chunks, w, bias, lse, row_scale, scalars, scale, options
+    stats = jnp.zeros((*codes.shape, len(STATISTICS) * options.return_aux), acc)
+    if explicit_sharding(codes) is not None:
+        stats = jax.sharding.reshard(stats, _with_trailing_axis(explicit_sharding(codes)))
+    stats = chunks.view(stats)
+    zero = varying_zero(acc, x, w, bias, codes, token_scale)
+    init = (
+        zero,
+        jnp.zeros_like(xs) + zero.astype(xs.dtype),
+        per_token + zero,
+        stats + zero,
+        per_token + zero,
     )
-    lse, top = chunks.unview(lse)[:n], chunks.unview(top)[:n]
-    return _Grads(total * scale, chunks.unview(dxs)[:n], dw, db, lse, top)
+    total, dxs, lse, stats, row_scale = jax.lax.fori_loop(0, chunks.num_chunks, body, init)
+    dw, db = _weight_grad_by_vocabulary(
+        xs, ys, cs, chunks, w, bias, lse, row_scale, scalars, options
+    )
+    lse, stats = chunks.unview(lse)[:n], chunks.unview(stats)[:n]
+    return _Grads(total, chunks.unview(dxs)[:n], dw, db, lse, stats)
 
 
-def _weight_grad_by_vocabulary(xs, ys, chunks, w, bias, lse, row_scale, scalars, scale, options):
+def _weight_grad_by_vocabulary(xs, ys, cs, chunks, w, bias, lse, row_scale, scalars, options):
     """Pass 2 of ``_two_pass_grads``: ``dw`` (in w's dtype) and ``db``.
 
     The vocabulary is walked in slices of ``options.vocab_chunk_size`` columns (the last
@@ -494,8 +531,10 @@ def _weight_grad_by_vocabulary(xs, ys, chunks, w, bias, lse, row_scale, scalars,
     per_group = max(d for d in range(1, per_group + 1) if count % d == 0)
     groups = _ChunkView(count // per_group, chunks.chunk * per_group, chunks.interleaved)
     regroup = lambda a: groups.view(chunks.unview(a))  # noqa: E731
-    xg, yg, lse, row_scale = regroup(xs), regroup(ys), regroup(lse), regroup(row_scale)
+    xg, yg, cg = regroup(xs), regroup(ys), regroup(cs)
+    lse, row_scale = regroup(lse), regroup(row_scale)
     w_sharding = explicit_sharding(w)
+    zero = varying_zero(acc, xs, w, bias, ys, cs)
     # Under explicit sharding the products over a sharded token axis name their output's
     # sharding: replicated, as w's vocabulary axis is whole here.
     slice_sharding = None
@@ -505,7 +544,7 @@ def _weight_grad_by_vocabulary(xs, ys, chunks, w, bias, lse, row_scale, scalars,
     def slice_grads(start, width):
         # Everything tied to the slice: XLA would otherwise precompute the parts of the
         # group loop that do not depend on the slice, for all groups at once.
-        xg_, yg_, lse_, row_scale_ = _loop_variant((xg, yg, lse, row_scale), start)
+        xg_, yg_, cg_, lse_, row_scale_ = _loop_variant((xg, yg, cg, lse, row_scale), start)
         w_slice = jax.lax.dynamic_slice_in_dim(_loop_variant(w, start), start, width, axis=1)
         # Transposed once per slice, not folded into the products below.
         w_slice_t = jax.lax.optimization_barrier(w_slice.T)
@@ -548,7 +587,7 @@ def _weight_grad_by_vocabulary(xs, ys, chunks, w, bias, lse, row_scale, scalars,
             if tanh is not None:
                 g = soft_cap_gradient(g, tanh)
             g = jnp.where(counted[None, :], g, fill.zero)
-            g = jnp.where(targets.bad[None, :], fill.nan, g) * scale
+            g = jnp.where(targets.bad[None, :], fill.nan, g) * groups.take(cg_, k)[None, :]
             dw_t = dw_t + jax.lax.dot_general(
                 g.astype(matmul_dtype),
                 x_g,
@@ -560,7 +599,10 @@ def _weight_grad_by_vocabulary(xs, ys, chunks, w, bias, lse, row_scale, scalars,
                 db = db + jnp.sum(g, axis=1)
             return dw_t, db
 
-        init = (jnp.zeros((width, hidden), acc), None if bias is None else jnp.zeros((width,), acc))
+        init = (
+            jnp.zeros((width, hidden), acc) + zero,
+            None if bias is None else jnp.zeros((width,), acc) + zero,
+        )
         dw_t, db = jax.lax.fori_loop(0, groups.num_chunks, group_body, init)
         dw_slice = dw_t.T.astype(w.dtype)
         if w_sharding is not None:
@@ -576,7 +618,10 @@ def _weight_grad_by_vocabulary(xs, ys, chunks, w, bias, lse, row_scale, scalars,
         return dw, db
 
     count, tail = divmod(vocab, width)
-    carry = (jnp.zeros_like(w), None if bias is None else jnp.zeros((vocab,), acc))
+    carry = (
+        jnp.zeros_like(w) + zero.astype(w.dtype),
+        None if bias is None else jnp.zeros((vocab,), acc) + zero,
+    )
     carry = jax.lax.fori_loop(0, count, lambda j, c: write(c, j * width, width), carry)
     if tail:
         carry = write(carry, count * width, tail)
@@ -587,10 +632,10 @@ def _fused_sum_jvp(options, primals, tangents):
     # The gradients are formed in the forward pass(es), while each chunk's logits are at
     # hand; the tangent is their inner product with the input tangents, which JAX
     # transposes for reverse mode without another pass over the vocabulary.
-    x, w, bias, codes, scalars, scale = primals
+    x, w, bias, codes, scalars, token_scale = primals
     dx, dw, dbias = tangents[:3]
     grads_of = _two_pass_grads if options.passes == 2 else _one_pass_grads
-    grads = grads_of(x, w, bias, codes, scalars, scale, options)
+    grads = grads_of(x, w, bias, codes, scalars, token_scale, options)
     acc = accumulation_dtype(x, w)
     dloss = jnp.zeros((), acc)
     # Products in the inputs' dtype, sums in float32: transposed for reverse mode this is
@@ -601,34 +646,34 @@ def _fused_sum_jvp(options, primals, tangents):
         dloss = dloss + jnp.sum(grads.w * dw.astype(grads.w.dtype), dtype=acc)
     if bias is not None and not is_zero(dbias):
         dloss = dloss + jnp.sum(grads.bias * dbias.astype(acc))
-    primal_out = (grads.loss, grads.lse, grads.top)
-    return primal_out, (dloss, jnp.zeros_like(grads.lse), jnp.zeros_like(grads.top))
+    primal_out = (grads.loss, grads.lse, grads.stats)
+    return primal_out, (dloss, jnp.zeros_like(grads.lse), jnp.zeros_like(grads.stats))
 
 
 _fused_sum.defjvp(_fused_sum_jvp, symbolic_zeros=True)
 
 
 def _per_token_loss(x, w, bias, codes, scalars, options):
-    """Per-token losses, log-sum-exps and target-is-top flags; each chunk is recomputed
-    in the backward pass (``jax.checkpoint``)."""
-    xs, ys = _chunked(x, codes, options)
+    """Per-token losses, log-sum-exps and ``STATISTICS``; each chunk is recomputed in the
+    backward pass (``jax.checkpoint``)."""
+    xs, ys, _ = _chunked(x, codes, jnp.zeros(codes.shape, x.dtype), options)
     chunk_loss = jax.checkpoint(_chunk_loss, static_argnums=(5,))
 
     def body(_, chunk_in):
         terms = chunk_loss(*chunk_in, w, bias, scalars, options)
-        return None, (terms.loss, terms.lse, terms.top)
+        return None, (terms.loss, terms.lse, terms.stats)
 
     _, outputs = jax.lax.scan(body, None, (xs, ys))
     return tuple(_merge(out, x.shape[0]) for out in outputs)
 
 
-def _aux_statistics(lse, top, targets: IndexTargets, counted, scalars: Scalars, options: Options):
+def _aux_statistics(lse, stats, targets: IndexTargets, counted, scalars: Scalars, options):
     """The logged statistics: per token for ``"none"``, else means over the tokens that
     add to the loss; nan wherever a target is out of range."""
     per_token = {
         "z_loss": z_loss_term(lse, scalars.z_loss),
         "log_partition": lse,
-        "accuracy": top,
+        **{name: stats[:, i] for i, name in enumerate(STATISTICS)},
     }
     per_token = {
         name: jnp.where(targets.bad, jnp.nan, jnp.where(counted, value, 0.0))
@@ -641,31 +686,38 @@ def _aux_statistics(lse, top, targets: IndexTargets, counted, scalars: Scalars, 
 
 
 @functools.partial(jax.jit, static_argnums=(4,))
-def _linear_cross_entropy(x, w, codes, bias, options: Options, scalars: Scalars):
+def _linear_cross_entropy(x, w, codes, bias, options: Options, scalars: Scalars, weighting):
     hidden = w.shape[0]
     acc = accumulation_dtype(x, w)
     # No gradient flows to the numeric options here (documented).
     scalars = jax.lax.stop_gradient(scalars.astype(acc))
+    weighting = jax.lax.stop_gradient(weighting)
+    dropped = dropped_elements(weighting.token_weight, weighting.segment_ids)
+    if dropped is not None:
+        codes = jnp.where(dropped, IGNORED, codes)
     x2 = x.reshape(-1, hidden)
     flat = codes.reshape(-1)
     out_dtype = jnp.promote_types(x.dtype, w.dtype)
     targets = index_targets(flat)
     w_y = target_weight(scalars.class_weight, targets.class_index, acc)
     if options.reduction == "none":
-        loss, lse, top = _per_token_loss(x2, w, bias, flat, scalars, options)
-        loss = loss.reshape(codes.shape).astype(out_dtype)
+        loss, lse, stats = _per_token_loss(x2, w, bias, flat, scalars, options)
+        loss = loss.reshape(codes.shape)
+        if weighting.token_weight is not None:
+            loss = loss * weighting.token_weight.astype(acc)
+        loss = loss.astype(out_dtype)
     else:
-        if options.reduction == "sum":
-            scale = jnp.ones((), acc)
-        else:
-            scale = safe_divide(jnp.ones((), acc), mean_denominator(targets, w_y))
-        loss, lse, top = _fused_sum(x2, w, bias, flat, scalars, scale, options)
+        share = jnp.where(targets.keep, w_y, 0.0).reshape(codes.shape)
+        token_scale = element_scales(options.reduction, share, *weighting)
+        loss, lse, stats = _fused_sum(
+            x2, w, bias, flat, scalars, token_scale.reshape(-1).astype(acc), options
+        )
         loss = loss.astype(out_dtype)
     if not options.return_aux:
         return loss
     counted = contributing(targets, w_y, scalars, options)
     aux = _aux_statistics(
-        jax.lax.stop_gradient(lse), jax.lax.stop_gradient(top), targets, counted, scalars, options
+        jax.lax.stop_gradient(lse), jax.lax.stop_gradient(stats), targets, counted, scalars, options
     )
     return loss, jax.tree.map(lambda a: a.reshape(codes.shape) if a.ndim else a, aux)
 
@@ -686,6 +738,9 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     passes: int | None = None,
     vocab_chunk_size: int | None = None,
+    token_weight: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
     return_aux: Literal[False] = False,
 ) -> jax.Array: ...
 
@@ -706,6 +761,9 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     passes: int | None = None,
     vocab_chunk_size: int | None = None,
+    token_weight: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
     return_aux: Literal[True],
 ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
@@ -725,6 +783,9 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     passes: int | None = None,
     vocab_chunk_size: int | None = None,
+    token_weight: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
     return_aux: bool = False,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     r"""Cross-entropy of the logits ``x @ w + bias``, computed without materializing them.
@@ -785,7 +846,7 @@ def linear_cross_entropy(
         weight: optional ``[V]`` class weights.
         ignore_index: targets equal to it are skipped (static, a Python int compared
             as an integer: a value the targets' dtype cannot hold matches nothing).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (static).
+        reduction: ``"mean"``, ``"sum"``, ``"none"`` or ``"sequence_mean"`` (static).
         label_smoothing: $\varepsilon \in [0, 1]$.
         z_loss: coefficient of the $\operatorname{lse}^2$ penalty (PaLM), default 0.
         logit_softcap: optional $c > 0$ for $c\tanh(z/c)$ (Gemma 2).
@@ -796,6 +857,17 @@ def linear_cross_entropy(
         vocab_chunk_size: vocabulary columns per step of the second pass (static); by
             default as many as fit a float32 slice of the weight gradient in 16 MiB or
             in 1/64 of the gradient's bytes, whichever is larger.
+        token_weight: optional non-negative weights of the targets' shape (may be
+            traced, no gradient); each element's loss is multiplied by its weight,
+            and ``"mean"`` divides by $\sum_n t_n w_{y_n}$ over kept elements. An element
+            of weight 0 adds nothing.
+        segment_ids: optional integer ids of the targets' shape for packed sequences:
+            the elements of a row (the targets' last axis) that share an id form one
+            sequence; id 0 marks padding, ignored in every reduction.
+        normalizer: optional positive scalar (may be traced, no gradient) that
+            replaces the denominator of ``"mean"`` (the total weight) or of
+            ``"sequence_mean"`` (the number of sequences), e.g. the whole step's count
+            under gradient accumulation or data parallelism.
         return_aux: also return statistics for logging (static), computed in the
             same pass as the loss.
 
@@ -806,15 +878,17 @@ def linear_cross_entropy(
         ``"z_loss"`` (the term $\zeta\operatorname{lse}^2$), ``"log_partition"``
         ($\operatorname{lse}$ of the logits, capped if soft-capped) and
         ``"accuracy"`` (1 where the target's logit is the largest, a tie counting
-        as correct), each the mean over the tokens that add to the loss (those not
-        ignored, less those of class weight 0 when neither smoothing nor the z-loss
-        is on) or, for ``"none"``, per token with 0 on the others;
+        as correct), ``"target_log_prob"`` ($\log p_{y}$, without smoothing) and
+        ``"entropy"`` ($-\sum_v p_v \log p_v$), each the mean over the tokens that
+        add to the loss (those not ignored, less those of class weight 0 when
+        neither smoothing nor the z-loss is on) or, for ``"none"``, per token with 0
+        on the others;
         float32 (float64 for float64 inputs), nan wherever a target is out of range,
         and without gradient.
 
-    A token that adds nothing (ignored, or of class weight 0) passes no gradient to
-    ``x``, ``w`` or ``bias``, even if its hidden state is ``nan`` or its logits
-    overflow: its row never enters the matmuls.
+    A token that adds nothing (ignored, of class weight 0, of token weight 0 or in
+    segment 0) passes no gradient to ``x``, ``w`` or ``bias``, even if its hidden
+    state is ``nan`` or its logits overflow: its row never enters the matmuls.
 
     Gradients reach ``x``, ``w`` and ``bias``; ``weight``, ``label_smoothing``,
     ``z_loss`` and ``logit_softcap`` are treated as constants here (use
@@ -871,11 +945,15 @@ def linear_cross_entropy(
         raise ValueError(f"passes must be 1, 2 or None (chosen by dtype), got {passes!r}")
     if not isinstance(return_aux, bool):
         raise TypeError(f"return_aux must be a bool, got {return_aux!r}")
+    reduction = _checks.reduction(reduction, _checks.TOKEN_REDUCTIONS)
+    weighting = _checks.token_weighting(
+        token_weight, segment_ids, normalizer, reduction, targets.shape
+    )
     codes = resolve_targets(targets, vocab, _checks.ignore_index(ignore_index))
     num_tokens = math.prod(x.shape[:-1])
     chunk = int(chunk_size or auto_chunk_size(num_tokens, vocab))
     options = Options(
-        reduction=_checks.reduction(reduction),
+        reduction=reduction,
         has_smoothing=has_smoothing,
         has_z_loss=has_z_loss,
         has_softcap=logit_softcap is not None,
@@ -889,4 +967,4 @@ def linear_cross_entropy(
         return_aux=return_aux,
     )
     scalars = Scalars(class_weight, label_smoothing, z_loss, logit_softcap)
-    return _linear_cross_entropy(x, w, codes, bias, options, scalars)
+    return _linear_cross_entropy(x, w, codes, bias, options, scalars, weighting)

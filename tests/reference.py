@@ -11,6 +11,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @jax.jit
@@ -100,3 +101,42 @@ def kl_div(log_q, t, reduction="mean", log_target=False):
         "mean": per.mean(),
         "batchmean": per.sum() / log_q.shape[0],
     }[reduction]
+
+
+def reduce_tokens(per, share, reduction, token_weight=None, segment_ids=None, normalizer=None):
+    """The token reductions written as loops over sequences, in float64 NumPy.
+
+    ``per`` are the per-element losses with class weights, ``share`` each element's
+    share of the mean's denominator (its class weight, 0 if ignored); rows are the
+    last axis. A token weight or segment id of 0 drops the element.
+    """
+    per = np.asarray(per, np.float64)
+    share = np.asarray(share, np.float64)
+    t = np.ones_like(per) if token_weight is None else np.asarray(token_weight, np.float64)
+    keep = t != 0
+    if segment_ids is not None:
+        keep &= np.asarray(segment_ids) != 0
+    per = np.where(keep, per * t, 0.0)
+    share = np.where(keep, share * t, 0.0)
+    if reduction == "none":
+        return per
+    if reduction == "sum":
+        return per.sum()
+    if reduction == "mean":
+        denominator = share.sum() if normalizer is None else normalizer
+        return per.sum() / denominator if denominator else 0.0
+    rows_per = per.reshape(-1, per.shape[-1]) if per.ndim else per.reshape(1, 1)
+    rows_share = share.reshape(rows_per.shape)
+    if segment_ids is None:
+        rows_seg = np.ones(rows_per.shape, int)
+    else:
+        rows_seg = np.where(keep, np.asarray(segment_ids), 0).reshape(rows_per.shape)
+    means = []
+    for r in range(rows_per.shape[0]):
+        for s in sorted(set(rows_seg[r].tolist()) - {0}):
+            members = rows_seg[r] == s
+            total = rows_share[r][members].sum()
+            if total != 0:
+                means.append(rows_per[r][members].sum() / total)
+    count = len(means) if normalizer is None else normalizer
+    return sum(means) / count if count else 0.0

@@ -46,6 +46,16 @@ def loss_cases(x, y, t, weight):
         "log_softmax": (lambda x: jnp.sum(jl.log_softmax(x) * t), x),
         "bce_with_logits": (lambda x: jl.binary_cross_entropy_with_logits(x, t), x),
         "kl_div": (lambda x: jl.kl_div(jl.log_softmax(x), t, reduction="batchmean"), x),
+        "cross_entropy_sequence_mean": (
+            lambda x: jl.cross_entropy(
+                x,
+                y,
+                token_weight=jnp.linspace(0.0, 1.0, N),
+                segment_ids=jnp.arange(N) % 5,
+                reduction="sequence_mean",
+            ),
+            x,
+        ),
     }
 
 
@@ -116,6 +126,62 @@ def run(mode_name: str) -> None:
                 REFERENCES[name] = step(hidden, w, y)
             report(mode_name, layout, name, value, grads, *REFERENCES[name], compiled.as_text())
         _linear.CHUNK_BYTES = DEFAULT_CHUNK_BYTES
+        # The language-model options: token weights and packed sequences, and distillation.
+        teacher_w = w[::-1] / 2
+        token_cases = {
+            "linear_cross_entropy_sequence_mean": lambda h, w, y: jl.linear_cross_entropy(
+                h,
+                w,
+                y,
+                chunk_size=16,
+                token_weight=jnp.linspace(0.0, 1.0, N),
+                segment_ids=jnp.arange(N) % 5,
+                reduction="sequence_mean",
+            ),
+            "linear_kl_div": lambda h, w, y: jl.linear_kl_div(
+                h, w, h[::-1], teacher_w, targets=y, chunk_size=16, temperature=2.0
+            ),
+        }
+        for name, fn in token_cases.items():
+            step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+            args = (put(hidden, x_spec), put(w, w_spec), ys)
+            compiled = step.lower(*args).compile()
+            value, grads = compiled(*args)
+            if name not in REFERENCES:
+                REFERENCES[name] = step(hidden, w, y)
+            report(mode_name, layout, name, value, grads, *REFERENCES[name], compiled.as_text())
+
+
+def data_parallel_normalizer() -> None:
+    """Data parallelism by hand (shard_map): each device's loss is normalized by the global
+    token count, and the sum of the devices' gradients is the full batch's gradient."""
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+    keys = jax.random.split(jax.random.key(1), 3)
+    hidden = jax.random.normal(keys[0], (N, H))
+    w = jax.random.normal(keys[1], (H, V)) / 4
+    y = jax.random.randint(keys[2], (N,), 0, V).at[:7].set(-100)  # unevenly kept
+
+    def per_device(h, w, y):
+        count = jax.lax.psum(jnp.sum(y != -100), "d")
+        loss, grads = jax.value_and_grad(jl.linear_cross_entropy, (0, 1))(
+            h, w, y, normalizer=count, chunk_size=4
+        )
+        # w is the same on every device: shard_map's transpose already sums its gradient
+        # over the devices (the all-reduce of data parallelism).
+        return jax.lax.psum(loss, "d"), grads[0], grads[1]
+
+    step = jax.jit(
+        jax.shard_map(
+            per_device,
+            mesh=mesh,
+            in_specs=(P("d"), P(), P("d")),
+            out_specs=(P(), P("d"), P()),
+        )
+    )
+    value, grad_h, grad_w = step(hidden, w, y)
+    ref_value, ref_grads = jax.value_and_grad(jl.linear_cross_entropy, (0, 1))(hidden, w, y)
+    report("Auto", "shard_map", "data_parallel_normalizer", value, (grad_h, grad_w),
+           ref_value, ref_grads, "")  # fmt: skip
 
 
 def report(mode, layout, name, value, grad, ref_value, ref_grad, hlo):
@@ -140,3 +206,4 @@ if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     for mode_name in sys.argv[1:] or ["Auto", "Explicit"]:
         run(mode_name)
+    data_parallel_normalizer()

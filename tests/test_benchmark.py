@@ -51,6 +51,17 @@ def test_benchmark_command_smoke(tmp_path):
         assert row["temp_over_floor"] == row["fused_temp_bytes"] / row["floor_bytes"]
         assert row["time_ratio"] > 0 and row["vs_one_pass"] > 0
         assert "fused_rss_growth" not in row
+    lm = {r["variant"]: r for r in result["lm"]}
+    assert set(lm) == {
+        "mean", "token_weight", "sequence_mean", "normalizer", "return_aux",
+        "kl_dense", "kl_top64", "kl_unfused",
+    }  # fmt: skip
+    # Matmuls: three for cross-entropy whatever the options, four for a dense teacher.
+    assert {lm[k]["matmuls"] for k in ("mean", "token_weight", "sequence_mean")} == {3}
+    assert lm["kl_dense"]["matmuls"] == 4 and lm["kl_top64"]["matmuls"] == 3
+    for row in lm.values():
+        assert row["temp_vs_mean"] == row["temp_bytes"] / lm["mean"]["temp_bytes"]
+        assert row["time_s"] > 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cross_entropy (index)" in proc.stdout
     assert "below 1 means jaxloss is faster" in proc.stdout
@@ -99,7 +110,8 @@ def test_every_option_has_help_and_states_its_default(capsys):
         benchmark.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     for option, default in [
-        ("{all,losses,linear}", "(default: all)"),
+        ("{all,losses,linear,lm}", "(default: all)"),
+        ("--lm-shapes LM_SHAPES", "(default: 8192x512x65536,2048x512x32768)"),
         ("--sizes SIZES", "(default: 4096x32768)"),
         (
             "--shapes SHAPES",

@@ -362,8 +362,11 @@ def _count_matmuls(jaxpr) -> int:
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
             count += 1
-        for sub in jax.core.jaxprs_in_params(eqn.params):
-            count += _count_matmuls(sub)
+        for value in eqn.params.values():
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(item, "jaxpr", item)
+                if hasattr(inner, "eqns"):
+                    count += _count_matmuls(inner)
     return count
 
 
@@ -460,6 +463,80 @@ def linear_options():
     }
     with pytest.raises(TypeError, match="targets must be integer token ids"):
         jl.linear_cross_entropy(jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.ones((2, 4)))
+
+
+@claim(
+    "docs/large-vocab.md",
+    "A token of weight 0 adds nothing, not even from non-finite logits.",
+    "The weights are constants: no gradient flows to them",
+)
+def token_weight_zero_and_constant():
+    x, w, _, y = build.linear_problem(n=12, v=16)
+    t = jnp.linspace(0.0, 2.0, 12)  # t[0] = 0
+    bad = x.at[0].set(jnp.nan)
+    value, grads = jax.value_and_grad(jl.linear_cross_entropy, (0, 1))(bad, w, y, token_weight=t)
+    _close(value, jl.linear_cross_entropy(x, w, y, token_weight=t))
+    assert all(np.all(np.isfinite(g)) for g in grads) and not np.any(grads[0][0])
+    logits = x @ w
+    for loss in (
+        lambda t: jl.linear_cross_entropy(x, w, y, token_weight=t),
+        lambda t: jl.cross_entropy(logits, y, token_weight=t),
+        lambda t: jl.nll_loss(jl.log_softmax(logits), y, token_weight=t),
+    ):
+        assert not np.any(jax.grad(loss)(t))
+
+
+@claim(
+    "docs/large-vocab.md",
+    "(a sequence with no kept token contributes nothing and is not counted).",
+    "Without `segment_ids` each row (the targets' last axis) is one sequence.",
+    "and id 0 marks padding, which is ignored in every reduction.",
+)
+def sequence_mean_counting():
+    logits = build.logits((2, 4, 5))
+    y = jnp.array([[1, 2, 3, 4], [-100, -100, 0, 1]])
+    per = jl.cross_entropy(logits, y, reduction="none")
+    # Row 1: sequence 3 has only ignored tokens; sequence 0 is padding.
+    segments = jnp.array([[1, 1, 2, 2], [3, 3, 0, 0]])
+    want = (per[0, :2].mean() + per[0, 2:].mean()) / 2
+    _close(jl.cross_entropy(logits, y, segment_ids=segments, reduction="sequence_mean"), want)
+    rows = (per[0].mean() + per[1, 2:].mean()) / 2
+    _close(jl.cross_entropy(logits, y, reduction="sequence_mean"), rows)
+    for reduction in ("mean", "sum", "none"):
+        got = jl.cross_entropy(logits, y, segment_ids=segments, reduction=reduction)
+        _close(
+            got, jl.cross_entropy(logits, jnp.where(segments == 0, -100, y), reduction=reduction)
+        )
+
+
+@claim(
+    "docs/large-vocab.md",
+    "row's ids and no matmul.",
+    "token weights, packed sequences, a normalizer and the logging statistics add no",
+    "matmul and no chunk-sized buffer to the plain mean; a dense teacher adds its own",
+    "logits' matmul per chunk.",
+)
+def token_option_costs():
+    n, h, v = 1024, 32, 4096
+    cases = benchmark.lm_cases(n, v)
+    args = [
+        jax.ShapeDtypeStruct(s, d)
+        for s, d in [
+            ((8, n // 8, h), jnp.float32),
+            ((h, v), jnp.float32),
+            ((8, n // 8), jnp.int32),
+            ((8, n // 8, h), jnp.float32),
+            ((h, v), jnp.float32),
+        ]
+    ]
+    steps = {k: jax.value_and_grad(f, argnums=(0, 1)) for k, f in cases.items()}
+    matmuls = {k: benchmark.count_matmuls(f, *args) for k, f in steps.items()}
+    temps = {k: benchmark.compiled_temp_bytes(f, *args) for k, f in steps.items()}
+    chunk_bytes = auto_chunk_size(n, v) * v * 4
+    for k in ("token_weight", "sequence_mean", "normalizer", "return_aux"):
+        assert matmuls[k] == matmuls["mean"] == 3, k
+        assert temps[k] < temps["mean"] + chunk_bytes, (k, temps)
+    assert matmuls["kl_dense"] == 4
 
 
 # --- docs/pytorch.md and docs/optax.md: the translation tables --------------------------
@@ -575,13 +652,15 @@ LAYERS = {
     "_linear": 3,
     "_binary": 3,
     "_divergence": 3,
+    "_distill": 4,
 }
 
 
 @claim(
     "docs/architecture.md",
     "Imports run one way: `_checks` and `_reduce` at the bottom, then `_softmax`, then",
-    "`_xent`, then the public loss modules, which import nothing from each other.",
+    "`_xent`, then the public loss modules, which import nothing from each other, except",
+    "`_distill`, which builds on `_linear`'s chunking and sits above it.",
 )
 def import_layers():
     for name, layer in LAYERS.items():
@@ -649,7 +728,7 @@ def readme_dtypes():
 MEASUREMENTS = DOCS / "measurements"
 MEASURED_PAGES = {
     "docs/benchmarks.md": ["cpu-losses.json"],
-    "docs/large-vocab.md": ["cpu-linear.json"],
+    "docs/large-vocab.md": ["cpu-linear.json", "cpu-lm.json"],
 }
 FIGURE = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?\s?(?:ms|MiB|GiB|GB/s|MB|s\b|×)")
 

@@ -47,6 +47,43 @@ CASES = {
         )[0],
         (X16, jax.ShapeDtypeStruct((16, 32), jnp.bfloat16), Y),
     ),
+    "linear_cross_entropy token options": (
+        lambda x, w, y, t: jl.linear_cross_entropy(
+            x, w, y, chunk_size=4, reduction="sequence_mean", token_weight=t, segment_ids=y // 8
+        ),
+        (
+            X16,
+            jax.ShapeDtypeStruct((16, 32), jnp.bfloat16),
+            Y,
+            jax.ShapeDtypeStruct((8,), jnp.float32),
+        ),
+    ),
+    "cross_entropy sequence_mean": (
+        lambda x, y, t: jl.cross_entropy(
+            x, y, reduction="sequence_mean", token_weight=t, normalizer=3.0
+        ),
+        (X, Y, jax.ShapeDtypeStruct((8,), jnp.float32)),
+    ),
+    "linear_kl_div": (
+        lambda x, w, tx, tw: jl.linear_kl_div(x, w, tx, tw, chunk_size=4, temperature=2.0),
+        (
+            X,
+            jax.ShapeDtypeStruct((16, 32), jnp.float32),
+            X16,
+            jax.ShapeDtypeStruct((16, 32), jnp.bfloat16),
+        ),
+    ),
+    "linear_kl_div topk none": (
+        lambda x, w, ids, lp: jl.linear_kl_div(
+            x, w, teacher_topk=(ids, lp), reduction="none"
+        ).sum(),
+        (
+            X16,
+            jax.ShapeDtypeStruct((16, 32), jnp.bfloat16),
+            jax.ShapeDtypeStruct((8, 4), jnp.int32),
+            jax.ShapeDtypeStruct((8, 4), jnp.float32),
+        ),
+    ),
     "linear_cross_entropy none": (
         lambda x, w, y: jl.linear_cross_entropy(x, w, y, reduction="none").sum(),
         (X16, jax.ShapeDtypeStruct((16, 32), jnp.bfloat16), Y),

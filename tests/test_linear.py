@@ -248,7 +248,7 @@ def test_auxiliary_statistics_follow_their_formulas(x64, reduction, passes):
 
         loss, aux = jax.jit(with_aux)(x, w)
         np.testing.assert_allclose(loss, jl.linear_cross_entropy(x, w, y, **kwargs), rtol=1e-12)
-        assert set(aux) == {"z_loss", "log_partition", "accuracy"}
+        assert set(aux) == {"z_loss", "log_partition", "accuracy", "target_log_prob", "entropy"}
         counted = y != -100
         if z_loss == 0:
             counted = counted & (weight[jnp.maximum(y, 0)] != 0)
@@ -256,6 +256,10 @@ def test_auxiliary_statistics_follow_their_formulas(x64, reduction, passes):
             "z_loss": z_loss * lse**2,
             "log_partition": lse,
             "accuracy": (jnp.argmax(logits, axis=-1) == y).astype(lse.dtype),
+            "target_log_prob": jnp.take_along_axis(
+                jax.nn.log_softmax(logits), jnp.maximum(y, 0)[:, None], axis=-1
+            )[:, 0],
+            "entropy": -jnp.sum(jax.nn.softmax(logits) * jax.nn.log_softmax(logits), axis=-1),
         }
         assert 0 < float(jnp.mean(want["accuracy"][counted])) < 1
         for name, per_token in want.items():

@@ -1,0 +1,415 @@
+"""``linear_kl_div``: distillation of a language-model head without the N x V logits.
+
+The student's logits ``x @ w`` and the teacher's (``teacher_x @ teacher_w``, or its
+top-k log-probabilities) are formed one chunk of tokens at a time, as in
+``_linear.py``, whose chunking, weight-gradient accumulation and token scales this
+module shares. For ``"mean"``, ``"sum"`` and ``"sequence_mean"`` the JVP rule forms the
+gradients of ``x`` and ``w`` while each chunk's logits are at hand (three matmuls with
+a dense teacher: the two heads' logits and the two products of the gradient); for
+``"none"`` each chunk is recomputed in the backward pass. The teacher is a constant.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxloss import _checks
+from jaxloss._linear import (
+    _add_weight_grad,
+    _hidden_grad,
+    _merge,
+    _split,
+    accumulation_dtype,
+    auto_chunk_size,
+    vocab_slice_size,
+)
+from jaxloss._reduce import dropped_elements, element_scales, is_zero, varying_zero
+from jaxloss._softmax import max_and_sum_exp
+from jaxloss._xent import IGNORED, Options, resolve_targets
+
+
+class TeacherRows(NamedTuple):
+    """The teacher's per-token arrays: hidden states ``[n, H_t]`` (with a projection
+    ``teacher_w``), or top-k ``ids`` and ``log_probs`` ``[n, k]`` (without)."""
+
+    x: jax.Array | None
+    ids: jax.Array | None
+    log_probs: jax.Array | None
+
+
+class _TeacherChunk(NamedTuple):
+    """One chunk's teacher distribution ``q`` (at the temperature): dense ``[c, V]``, or
+    over ``ids`` ``[c, k]``; with ``sum_v q_v log q_v`` per token and, for top-k, which
+    tokens name an id outside the vocabulary."""
+
+    q: jax.Array
+    neg_entropy: jax.Array
+    ids: jax.Array | None
+    bad: jax.Array
+
+
+def _plogq(q, log_q):
+    return jnp.sum(jnp.where(q > 0, q * log_q, 0.0), axis=-1)
+
+
+def _teacher_chunk(rows: TeacherRows, teacher_w, keep, vocab: int, inv_t, acc) -> _TeacherChunk:
+    ids = None
+    if teacher_w is not None:
+        assert rows.x is not None
+        t_x = jnp.where(keep[:, None], rows.x, 0)
+        u = jnp.matmul(t_x, teacher_w, preferred_element_type=acc) * inv_t
+        bad = jnp.zeros(keep.shape, bool)
+    else:
+        assert rows.ids is not None and rows.log_probs is not None
+        u = rows.log_probs.astype(acc) * inv_t
+        bad = jnp.any((rows.ids < 0) | (rows.ids >= vocab), axis=-1)
+        ids = jnp.clip(rows.ids, 0, vocab - 1)
+    m, s = max_and_sum_exp(u, -1)
+    log_q = (u - m) - jnp.log(s)
+    q = jnp.exp(log_q)
+    return _TeacherChunk(q, _plogq(q, log_q), ids, bad & keep)
+
+
+def _dense_q(teacher: _TeacherChunk, shape) -> jax.Array:
+    if teacher.ids is None:
+        return teacher.q
+    rows = jnp.arange(shape[0], dtype=jnp.int32)[:, None]
+    return jnp.zeros(shape, teacher.q.dtype).at[rows, teacher.ids].add(teacher.q)
+
+
+def _kl_terms(z, teacher: _TeacherChunk, keep, inv_t):
+    """``T^2 KL(q || softmax(z / T))`` per token from the raw logits ``z``, and the pieces
+    of its gradient: the shift, ``log s`` and the scaled logits."""
+    scaled = z * inv_t
+    m, s = max_and_sum_exp(scaled, -1)
+    log_s = jnp.log(s[:, 0])
+    shifted = scaled - m
+    if teacher.ids is None:
+        cross = jnp.sum(jnp.where(teacher.q > 0, teacher.q * shifted, 0.0), axis=-1)
+    else:
+        picked = jnp.take_along_axis(shifted, teacher.ids, axis=-1)
+        cross = jnp.sum(jnp.where(teacher.q > 0, teacher.q * picked, 0.0), axis=-1)
+    # sum_v q_v (log q_v - log p_v), log p_v = (z_v / T - m) - log s, and sum_v q_v = 1.
+    kl = (teacher.neg_entropy - cross + log_s) / jnp.square(inv_t)
+    kl = jnp.where(keep, kl, 0.0)
+    return jnp.where(teacher.bad, jnp.nan, kl), shifted, log_s
+
+
+def _kl_logit_grad(shifted, log_s, teacher: _TeacherChunk, keep, inv_t):
+    """``d(T^2 KL)/dz = T (p - q)``, 0 on tokens that are not kept, nan on bad ones."""
+    p = jnp.exp(shifted - log_s[:, None])
+    g = (p - _dense_q(teacher, shifted.shape)) / inv_t
+    g = jnp.where(keep[:, None], g, 0.0)
+    return jnp.where(teacher.bad[:, None], jnp.nan, g)
+
+
+@jax.custom_jvp
+def _kl_of_logits(z, teacher: _TeacherChunk, keep, inv_t):
+    return _kl_terms(z, teacher, keep, inv_t)[0]
+
+
+@_kl_of_logits.defjvp
+def _kl_of_logits_jvp(primals, tangents):
+    z, teacher, keep, inv_t = primals
+    kl, shifted, log_s = _kl_terms(z, teacher, keep, inv_t)
+    g = _kl_logit_grad(shifted, log_s, teacher, keep, inv_t)
+    dz = jnp.where(keep[:, None], tangents[0], 0.0)
+    return kl, jnp.sum(g * dz, axis=-1)
+
+
+def _chunk_kl(x_c, keep_c, rows_c, w, teacher_w, inv_t):
+    """One chunk's per-token losses, differentiable in ``x_c`` and ``w``."""
+    acc = accumulation_dtype(x_c, w)
+    x_c = jnp.where(keep_c[:, None], x_c, 0)
+    z = jnp.matmul(x_c, w, preferred_element_type=acc)
+    teacher = _teacher_chunk(rows_c, teacher_w, keep_c, w.shape[1], inv_t, acc)
+    return _kl_of_logits(z, jax.lax.stop_gradient(teacher), keep_c, inv_t)
+
+
+def _chunked(arrays, options: Options):
+    """Pads the token axis of every array to a multiple of the chunk size (with zeros,
+    and not kept) and splits it into chunks."""
+    n, chunk = arrays[0].shape[0], options.chunk_size
+    padded = -(-n // chunk) * chunk
+
+    def pad(a):
+        widths = ((0, padded - n), *((0, 0),) * (a.ndim - 1))
+        return jnp.pad(a, widths) if padded != n else a
+
+    return jax.tree.map(lambda a: _split(pad(a), chunk), arrays)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(7,))
+def _fused_kl(x, w, rows, teacher_w, keep, token_scale, inv_t, options):
+    """``sum_n token_scale_n loss_n`` over the chunks, without gradients."""
+    xs, ks, ts, cs = _chunked((x, keep, rows, token_scale), options)
+
+    def body(total, chunk_in):
+        x_c, keep_c, rows_c, scale_c = chunk_in
+        kl = _chunk_kl(x_c, keep_c, rows_c, w, teacher_w, inv_t)
+        return total + jnp.sum(kl * scale_c), None
+
+    init = varying_zero(accumulation_dtype(x, w), x, w, rows, teacher_w, keep, token_scale)
+    total, _ = jax.lax.scan(body, init, (xs, ks, ts, cs))
+    return total
+
+
+def _fused_kl_jvp(options, primals, tangents):
+    # As linear_cross_entropy's one pass: the gradients of x and w are formed chunk by
+    # chunk, and the tangent is their inner product with the input tangents.
+    x, w, rows, teacher_w, keep, token_scale, inv_t = primals
+    dx, dw = tangents[:2]
+    n = x.shape[0]
+    acc = accumulation_dtype(x, w)
+    matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
+    xs, ks, ts, cs = _chunked((x, keep, rows, token_scale), options)
+
+    def body(carry, chunk_in):
+        total, dw_acc = carry
+        x_c, keep_c, rows_c, scale_c = chunk_in
+        x_c = jnp.where(keep_c[:, None], x_c, 0)
+        z = jnp.matmul(x_c, w, preferred_element_type=acc)
+        t_c = _teacher_chunk(rows_c, teacher_w, keep_c, w.shape[1], inv_t, acc)
+        kl, shifted, log_s = _kl_terms(z, t_c, keep_c, inv_t)
+        g = _kl_logit_grad(shifted, log_s, t_c, keep_c, inv_t) * scale_c[:, None]
+        g_mm = g.astype(matmul_dtype)
+        dx_c = _hidden_grad(g_mm, w, x_c)
+        dw_acc = _add_weight_grad(dw_acc, x_c, g_mm, acc, options.vocab_slice)
+        return (total + jnp.sum(kl * scale_c), dw_acc), dx_c.astype(x.dtype)
+
+    zero = varying_zero(acc, x, w, rows, teacher_w, keep, token_scale)
+    init = (zero, jnp.zeros_like(w, dtype=acc) + zero)
+    (total, grad_w), dxs = jax.lax.scan(body, init, (xs, ks, ts, cs))
+    grad_x = _merge(dxs, n)
+    grad_w = grad_w.astype(w.dtype)
+    dloss = jnp.zeros((), acc)
+    if not is_zero(dx):
+        dloss = dloss + jnp.sum(grad_x * dx.astype(grad_x.dtype), dtype=acc)
+    if not is_zero(dw):
+        dloss = dloss + jnp.sum(grad_w * dw.astype(grad_w.dtype), dtype=acc)
+    return total, dloss
+
+
+_fused_kl.defjvp(_fused_kl_jvp, symbolic_zeros=True)
+
+
+def _per_token_kl(x, w, rows, teacher_w, keep, inv_t, options: Options):
+    xs, ks, ts = _chunked((x, keep, rows), options)
+    chunk_kl = jax.checkpoint(_chunk_kl)
+
+    def body(_, chunk_in):
+        x_c, keep_c, rows_c = chunk_in
+        return None, chunk_kl(x_c, keep_c, rows_c, w, teacher_w, inv_t)
+
+    _, out = jax.lax.scan(body, None, (xs, ks, ts))
+    return _merge(out, x.shape[0])
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
+def _linear_kl_div(
+    x, w, rows: TeacherRows, teacher_w, codes, options: Options, temperature, weighting
+):
+    hidden = w.shape[0]
+    acc = accumulation_dtype(x, w)
+    inv_t = jax.lax.stop_gradient(1.0 / jnp.asarray(temperature, acc))
+    rows, teacher_w = jax.lax.stop_gradient((rows, teacher_w))
+    weighting = jax.lax.stop_gradient(weighting)
+    dropped = dropped_elements(weighting.token_weight, weighting.segment_ids)
+    if dropped is not None:
+        codes = jnp.where(dropped, IGNORED, codes)
+    shape = codes.shape
+    keep = (codes != IGNORED).reshape(-1)
+    x2 = x.reshape(-1, hidden)
+    rows = jax.tree.map(lambda a: a.reshape(-1, a.shape[-1]), rows)
+    out_dtype = jnp.promote_types(x.dtype, w.dtype)
+    if options.reduction == "none":
+        loss = _per_token_kl(x2, w, rows, teacher_w, keep, inv_t, options).reshape(shape)
+        if weighting.token_weight is not None:
+            loss = loss * weighting.token_weight.astype(acc)
+        return loss.astype(out_dtype)
+    share = keep.reshape(shape).astype(acc)
+    token_scale = element_scales(options.reduction, share, *weighting).reshape(-1).astype(acc)
+    loss = _fused_kl(x2, w, rows, teacher_w, keep, token_scale, inv_t, options)
+    return loss.astype(out_dtype)
+
+
+def linear_kl_div(
+    x: ArrayLike,
+    w: ArrayLike,
+    teacher_x: ArrayLike | None = None,
+    teacher_w: ArrayLike | None = None,
+    *,
+    teacher_topk: tuple[ArrayLike, ArrayLike] | None = None,
+    temperature: ArrayLike = 1.0,
+    targets: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    token_weight: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
+    r"""Distillation loss of a language-model head, fused: the KL divergence from the
+    teacher's next-token distribution to the student's, without either head's logits.
+
+    With the student's logits $z_n = x_n W$, the teacher's $u_n = x^t_n W^t$ and the
+    temperature $T$, each kept token's loss is
+
+    $$
+    \ell_n = T^2\,\mathrm{KL}\big(q_n \,\|\, p_n\big)
+           = T^2 \sum_v q_{n,v}\,(\log q_{n,v} - \log p_{n,v}),
+    \qquad p_n = \operatorname{softmax}(z_n / T),\quad q_n = \operatorname{softmax}(u_n / T),
+    $$
+
+    (Hinton et al.'s $T^2$ keeps the gradient's size independent of $T$). With
+    ``teacher_topk=(ids, log_probs)`` the teacher is given by its top-$k$ entries
+    instead: $q_n$ is $\operatorname{softmax}(\text{log\_probs}_n / T)$ over those
+    $k$ ids (the teacher truncated to its top $k$ and renormalized) and 0 elsewhere,
+    while $p_n$ stays the student's distribution over the whole vocabulary, so the
+    loss is the exact KL divergence of that truncated teacher from the student and is
+    0 only when the student puts all its mass on the $k$ ids in the teacher's
+    proportions.
+
+    Gradient (the custom JVP rule; the teacher is a constant):
+
+    $$
+    \frac{\partial \ell_n}{\partial z_n} = T\,(p_n - q_n), \qquad
+    \frac{\partial L}{\partial x_n} = c_n\,T\,(p_n - q_n) W^\top, \qquad
+    \frac{\partial L}{\partial W} = \sum_n c_n\, x_n^\top\, T\,(p_n - q_n),
+    $$
+
+    with $c_n$ the reduction's factor of token $n$ (as in
+    [`linear_cross_entropy`][jaxloss.linear_cross_entropy]). For ``"mean"``, ``"sum"``
+    and ``"sequence_mean"`` these are formed chunk by chunk in one pass over the tokens:
+    one matmul for the student's logits, one for the teacher's (none with
+    ``teacher_topk``) and two for the gradients, with the weight gradient summed over
+    the chunks in an ``H x V`` buffer of the accumulation dtype. Neither head's
+    ``N x V`` logits exist; a chunk holds ``chunk_size x V`` of each. For ``"none"``
+    each chunk is recomputed in the backward pass.
+
+    Args:
+        x: the student's floating hidden states ``[..., H]``.
+        w: the student's projection ``[H, V]``.
+        teacher_x: the teacher's hidden states ``[..., H_t]`` (same leading shape as
+            ``x``), with ``teacher_w``; or None with ``teacher_topk``.
+        teacher_w: the teacher's projection ``[H_t, V]``.
+        teacher_topk: ``(ids, log_probs)``, integer vocabulary ids and floating
+            log-probabilities of shape ``x.shape[:-1] + (k,)``, in place of
+            ``teacher_x`` and ``teacher_w``. Ids must be distinct within a token;
+            a ``-inf`` log-probability gives its id no mass; a token with an id outside
+            ``[0, V)`` has a nan loss (and gradient).
+        temperature: $T > 0$ (may be traced; no gradient).
+        targets: optional integer token ids of shape ``x.shape[:-1]``, used only to
+            mark ignored tokens (those equal to ``ignore_index``).
+        ignore_index: see ``targets`` (static).
+        reduction: ``"mean"`` (over kept tokens), ``"sum"``, ``"sequence_mean"`` or
+            ``"none"`` (static).
+        token_weight: optional non-negative weights of shape ``x.shape[:-1]`` (as in
+            [`linear_cross_entropy`][jaxloss.linear_cross_entropy]).
+        segment_ids: optional packed-sequence ids of shape ``x.shape[:-1]``, 0 for
+            padding (as in ``linear_cross_entropy``).
+        normalizer: optional denominator of ``"mean"``/``"sequence_mean"`` (as in
+            ``linear_cross_entropy``).
+        chunk_size: tokens per chunk (static); by default the largest power of two
+            whose float32 logits fit in 16 MiB.
+
+    Returns:
+        A scalar, or per-token losses of shape ``x.shape[:-1]`` for ``"none"`` (0 on
+        tokens that are not kept), in the promoted dtype of ``x`` and ``w``. 16-bit
+        inputs are accumulated in float32.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxloss as jl
+        >>> jnp.set_printoptions(precision=4)
+        >>> x = jnp.array([[1.0, 0.5], [-0.5, 2.0]])
+        >>> w = jnp.array([[1.0, -1.0, 0.5], [0.5, 0.5, -1.0]])
+        >>> teacher_x = jnp.array([[0.5, 1.0, 0.0], [1.0, 0.0, 1.0]])
+        >>> teacher_w = jnp.eye(3)
+        >>> jl.linear_kl_div(x, w, teacher_x, teacher_w, temperature=2.0)
+        Array(1.0912, dtype=float32)
+        >>> p = jl.log_softmax(x @ w / 2.0)
+        >>> q = jl.softmax(teacher_x @ teacher_w / 2.0)
+        >>> 2.0**2 * jl.kl_div(p, q, reduction="batchmean")  # the same, unfused
+        Array(1.0912, dtype=float32)
+        >>> jax.grad(jl.linear_kl_div)(x, w, teacher_x, teacher_w)  # mean of (p - q) w.T
+        Array([[ 0.4075, -0.0114],
+               [-0.462 ,  0.3041]], dtype=float32)
+    """
+    x = _checks.floating_input("x", x, min_ndim=1)
+    w = _checks.floating_input("w", w)
+    if w.ndim != 2 or w.shape[0] != x.shape[-1]:
+        raise ValueError(
+            f"w must have shape (H, V) with H = x.shape[-1] = {x.shape[-1]}, got {w.shape}"
+        )
+    _checks.has_classes("w", w.shape, 1, "vocabulary entry")
+    vocab = w.shape[1]
+    token_shape = x.shape[:-1]
+    dense = teacher_x is not None or teacher_w is not None
+    if dense == (teacher_topk is not None):
+        raise ValueError(
+            "give the teacher either as teacher_x and teacher_w or as teacher_topk=(ids, "
+            "log_probs), not both or neither"
+        )
+    projection = None
+    if dense:
+        if teacher_x is None or teacher_w is None:
+            raise ValueError("teacher_x and teacher_w must be given together")
+        teacher_x = _checks.floating_input("teacher_x", teacher_x, min_ndim=1)
+        projection = _checks.floating_input("teacher_w", teacher_w)
+        if teacher_x.shape[:-1] != token_shape:
+            raise ValueError(
+                f"teacher_x must have shape {token_shape} + (H_teacher,) (x's tokens), "
+                f"got {teacher_x.shape}"
+            )
+        if projection.shape != (teacher_x.shape[-1], vocab):
+            raise ValueError(
+                f"teacher_w must have shape ({teacher_x.shape[-1]}, {vocab}) "
+                f"(teacher_x's hidden size, w's vocabulary), got {projection.shape}"
+            )
+        rows = TeacherRows(teacher_x, None, None)
+    else:
+        if not isinstance(teacher_topk, (tuple, list)) or len(teacher_topk) != 2:
+            raise TypeError(f"teacher_topk must be a pair (ids, log_probs), got {teacher_topk!r}")
+        ids = _checks.as_array("teacher_topk ids", teacher_topk[0])
+        log_probs = _checks.floating_input("teacher_topk log_probs", teacher_topk[1], min_ndim=1)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"teacher_topk ids must be integers, got dtype {ids.dtype}")
+        if ids.shape != log_probs.shape or ids.shape[:-1] != token_shape or ids.shape[-1] < 1:
+            raise ValueError(
+                f"teacher_topk ids and log_probs must both have shape {token_shape} + (k,) "
+                f"with k >= 1, got {ids.shape} and {log_probs.shape}"
+            )
+        rows = TeacherRows(None, ids, log_probs)
+    temperature = _checks.real_scalar("temperature", temperature, minimum=0.0, strict=True)
+    reduction = _checks.reduction(reduction, _checks.TOKEN_REDUCTIONS)
+    ignore_index = _checks.ignore_index(ignore_index)
+    if targets is None:
+        codes = jnp.zeros(token_shape, jnp.int32)
+    else:
+        targets = _checks.as_array("targets", targets)
+        if not jnp.issubdtype(targets.dtype, jnp.integer):
+            raise TypeError(f"targets must be integer token ids, got dtype {targets.dtype}")
+        if targets.shape != token_shape:
+            raise ValueError(
+                f"targets must have shape {token_shape} (x's shape without the hidden axis), "
+                f"got {targets.shape}"
+            )
+        codes = resolve_targets(targets, vocab, ignore_index)
+    weighting = _checks.token_weighting(
+        token_weight, segment_ids, normalizer, reduction, token_shape
+    )
+    chunk_size = _checks.optional_positive_int("chunk_size", chunk_size)
+    num_tokens = math.prod(token_shape)
+    options = Options(
+        reduction=reduction,
+        chunk_size=int(chunk_size or auto_chunk_size(num_tokens, vocab)),
+        vocab_slice=vocab_slice_size(vocab, x.shape[-1]),
+    )
+    return _linear_kl_div(x, w, rows, projection, codes, options, temperature, weighting)

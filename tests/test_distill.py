@@ -1,0 +1,260 @@
+"""linear_kl_div against the unfused KL divergence of the two heads' softmaxes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxloss as jl
+from tests import builders as build
+from tests import reference as ref
+
+N, H, HT, V, K = 40, 8, 6, 32, 5
+
+
+def _problem(seed=0, dtype=jnp.float64, batch=None):
+    x, w, _, y = build.linear_problem(n=N, h=H, v=V, seed=seed, dtype=dtype, batch=batch)
+    shape = y.shape
+    kx, kw = jax.random.split(jax.random.key(seed + 1))
+    teacher_x = jax.random.normal(kx, (*shape, HT), dtype)
+    teacher_w = jax.random.normal(kw, (HT, V), dtype)
+    return x, w, y, teacher_x, teacher_w
+
+
+def _topk(teacher_x, teacher_w, k=K):
+    log_probs, ids = jax.lax.top_k(jax.nn.log_softmax(teacher_x @ teacher_w), k)
+    return ids, log_probs
+
+
+def _naive_kl(x, w, q, temperature):
+    """T^2 KL(q || softmax(x w / T)) per token, from the formula."""
+    log_p = ref.log_softmax(x @ w / temperature)
+    safe_q = jnp.where(q > 0, q, 1.0)
+    return temperature**2 * jnp.sum(jnp.where(q > 0, q * (jnp.log(safe_q) - log_p), 0.0), -1)
+
+
+def _dense_q(teacher_x, teacher_w, temperature):
+    return jax.nn.softmax(teacher_x @ teacher_w / temperature)
+
+
+def _topk_q(ids, log_probs, temperature):
+    q = jax.nn.softmax(log_probs / temperature)
+    rows = jnp.zeros((*ids.shape[:-1], V), q.dtype)
+    return jax.vmap(lambda r, i, p: r.at[i].set(p))(
+        rows.reshape(-1, V), ids.reshape(-1, ids.shape[-1]), q.reshape(-1, q.shape[-1])
+    ).reshape(rows.shape)
+
+
+def _reduce(per, y, reduction):
+    keep = y != -100
+    per = jnp.where(keep, per, 0.0)
+    if reduction == "none":
+        return per
+    if reduction == "sum":
+        return per.sum()
+    return per.sum() / keep.sum()
+
+
+CASES = [
+    # (teacher, reduction, temperature, chunk_size)
+    ("dense", "mean", 1.0, None),
+    ("dense", "sum", 2.0, 7),
+    ("dense", "none", 0.5, 8),
+    ("topk", "mean", 2.0, 7),
+    ("topk", "sum", 1.0, None),
+    ("topk", "none", 3.0, 16),
+]
+
+
+@pytest.mark.parametrize("teacher,reduction,temperature,chunk_size", CASES)
+def test_value_and_gradients_equal_the_unfused_formula(
+    x64, teacher, reduction, temperature, chunk_size
+):
+    x, w, y, teacher_x, teacher_w = _problem()
+    if teacher == "dense":
+        teacher_args, teacher_kwargs = (teacher_x, teacher_w), {}
+        q = _dense_q(teacher_x, teacher_w, temperature)
+    else:
+        ids, log_probs = _topk(teacher_x, teacher_w)
+        teacher_args, teacher_kwargs = (), {"teacher_topk": (ids, log_probs)}
+        q = _topk_q(ids, log_probs, temperature)
+    cotangent = build.logits((N,), seed=3)
+
+    def fused(x, w):
+        out = jl.linear_kl_div(
+            x, w, *teacher_args, **teacher_kwargs, temperature=temperature, targets=y,
+            reduction=reduction, chunk_size=chunk_size,
+        )  # fmt: skip
+        return jnp.sum(out * cotangent) if reduction == "none" else out
+
+    def unfused(x, w):
+        out = _reduce(_naive_kl(x, w, q, temperature), y, reduction)
+        return jnp.sum(out * cotangent) if reduction == "none" else out
+
+    np.testing.assert_allclose(fused(x, w), unfused(x, w), rtol=1e-12)
+    for g, h in zip(jax.grad(fused, (0, 1))(x, w), jax.grad(unfused, (0, 1))(x, w), strict=True):
+        np.testing.assert_allclose(g, h, rtol=1e-10, atol=1e-13)
+    check_grads(fused, (x, w), order=1, modes=("fwd", "rev"))
+
+
+def test_equals_kl_div_of_the_two_softmaxes(x64):
+    """The unfused computation with the library's own kl_div, as users would write it."""
+    x, w, _, teacher_x, teacher_w = _problem(batch=3)
+    for temperature in (1.0, 4.0):
+        want = (
+            temperature**2
+            * jl.kl_div(
+                jl.log_softmax(x @ w / temperature),
+                jl.softmax(teacher_x @ teacher_w / temperature),
+                reduction="sum",
+            )
+            / (3 * N)
+        )
+        got = jl.linear_kl_div(x, w, teacher_x, teacher_w, temperature=temperature)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_teacher_equal_to_student_gives_zero_loss_and_gradient(x64):
+    x, w, y, _, _ = _problem()
+    value, grads = jax.value_and_grad(jl.linear_kl_div, (0, 1))(x, w, x, w, targets=y)
+    assert abs(float(value)) < 1e-13
+    assert all(float(jnp.max(jnp.abs(g))) < 1e-13 for g in grads)
+
+
+def test_topk_with_the_whole_vocabulary_is_the_dense_loss(x64):
+    x, w, y, teacher_x, teacher_w = _problem()
+    ids, log_probs = _topk(teacher_x, teacher_w, k=V)
+    for temperature in (1.0, 2.5):
+        np.testing.assert_allclose(
+            jl.linear_kl_div(x, w, teacher_topk=(ids, log_probs), temperature=temperature),
+            jl.linear_kl_div(x, w, teacher_x, teacher_w, temperature=temperature),
+            rtol=1e-12,
+        )
+
+
+def test_topk_edges(x64):
+    x, w, y, teacher_x, teacher_w = _problem()
+    ids, log_probs = _topk(teacher_x, teacher_w)
+    # A -inf log-probability gives its id no mass: the same as leaving it out.
+    padded = (ids.at[:, -1].set(0), log_probs.at[:, -1].set(-jnp.inf))
+    shorter = (ids[:, :-1], log_probs[:, :-1])
+    np.testing.assert_allclose(
+        jl.linear_kl_div(x, w, teacher_topk=padded, reduction="none"),
+        jl.linear_kl_div(x, w, teacher_topk=shorter, reduction="none"),
+        rtol=1e-12,
+    )
+    # An id outside the vocabulary makes that token nan, unless it is ignored.
+    out = jl.linear_kl_div(x, w, teacher_topk=(ids.at[1, 0].set(V), log_probs), reduction="none")
+    assert np.isnan(out[1]) and np.all(np.isfinite(np.delete(np.asarray(out), 1)))
+    ignored = jl.linear_kl_div(
+        x, w, teacher_topk=(ids.at[1, 0].set(-5), log_probs), targets=y.at[1].set(-100)
+    )
+    assert np.isfinite(ignored)
+
+
+def test_ignored_tokens_add_nothing_even_from_nan_states(x64):
+    x, w, y, teacher_x, teacher_w = _problem()
+    ignored = np.flatnonzero(np.asarray(y) == -100)
+    assert ignored.size
+    bad_x = x.at[ignored].set(jnp.nan)
+    bad_tx = teacher_x.at[ignored].set(jnp.inf)
+    value, grads = jax.value_and_grad(jl.linear_kl_div, (0, 1))(
+        bad_x, w, bad_tx, teacher_w, targets=y
+    )
+    np.testing.assert_allclose(value, jl.linear_kl_div(x, w, teacher_x, teacher_w, targets=y))
+    assert all(np.all(np.isfinite(g)) for g in grads)
+    assert not np.any(grads[0][ignored])
+
+
+def test_extreme_logits_stay_finite(x64):
+    x, w, y, teacher_x, teacher_w = _problem()
+    for scale in (1e4, -1e4):
+        value, grads = jax.value_and_grad(jl.linear_kl_div, (0, 1))(
+            x * scale, w, teacher_x * scale, teacher_w, targets=y
+        )
+        assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
+
+
+def test_token_options_follow_the_token_reductions(x64):
+    x, w, _, teacher_x, teacher_w = _problem(batch=3)
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 1, (3, N))
+    segments = rng.integers(0, 4, (3, N))
+    per = jl.linear_kl_div(x, w, teacher_x, teacher_w, reduction="none")
+    np.testing.assert_allclose(
+        jl.linear_kl_div(x, w, teacher_x, teacher_w, reduction="none", token_weight=t), per * t
+    )
+    for reduction in ("mean", "sequence_mean"):
+        for normalizer in (None, 7.0):
+            kwargs = dict(token_weight=t, segment_ids=segments, normalizer=normalizer)
+            want = ref.reduce_tokens(per, np.ones(t.shape), reduction, **kwargs)
+            got = jl.linear_kl_div(x, w, teacher_x, teacher_w, reduction=reduction, **kwargs)
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_teacher_gets_no_gradient(x64):
+    x, w, y, teacher_x, teacher_w = _problem()
+    grads = jax.grad(jl.linear_kl_div, (2, 3))(x, w, teacher_x, teacher_w)
+    assert not any(np.any(g) for g in grads)
+
+
+def test_vmap_jit_and_bfloat16(x64):
+    x, w, y, teacher_x, teacher_w = _problem(batch=2)
+    batched = jax.jit(jax.vmap(lambda x, t: jl.linear_kl_div(x, w, t, teacher_w)))
+    np.testing.assert_allclose(
+        batched(x, teacher_x),
+        [jl.linear_kl_div(x[i], w, teacher_x[i], teacher_w) for i in range(2)],
+        rtol=1e-12,
+    )
+    low = [a.astype(jnp.bfloat16) for a in (x, w, teacher_x, teacher_w)]
+    value, grads = jax.value_and_grad(jl.linear_kl_div, (0, 1))(*low, chunk_size=16)
+    assert value.dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
+    exact = [a.astype(jnp.float64) for a in low]
+    want, want_grads = jax.value_and_grad(jl.linear_kl_div, (0, 1))(*exact)
+    np.testing.assert_allclose(float(value), float(want), rtol=1e-2)
+    for g, h in zip(grads, want_grads, strict=True):
+        scale = float(jnp.max(jnp.abs(h)))
+        np.testing.assert_allclose(np.asarray(g, np.float64), h, atol=2e-2 * scale)
+
+
+def test_compiled_memory_is_a_fraction_of_the_unfused_loss():
+    """Value and gradient: compiled temporaries of the fused loss at most 1/16 of the
+    unfused computation's (which holds both heads' N x V logits)."""
+    n, h, v = 2048, 64, 8192
+    x = jax.ShapeDtypeStruct((n, h), jnp.float32)
+    w = jax.ShapeDtypeStruct((h, v), jnp.float32)
+
+    def unfused(x, w, tx, tw):
+        return jl.kl_div(jl.log_softmax(x @ w), jl.softmax(tx @ tw), reduction="batchmean")
+
+    def temp_bytes(fn):
+        compiled = jax.jit(jax.value_and_grad(fn, (0, 1))).lower(x, w, x, w).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    fused = temp_bytes(lambda x, w, tx, tw: jl.linear_kl_div(x, w, tx, tw, chunk_size=32))
+    assert fused * 16 <= temp_bytes(unfused)
+
+
+def test_errors_name_their_argument():
+    x, w = jnp.zeros((4, 3)), jnp.zeros((3, 5))
+    with pytest.raises(ValueError, match="either as teacher_x and teacher_w or as teacher_topk"):
+        jl.linear_kl_div(x, w)
+    with pytest.raises(ValueError, match="teacher_x and teacher_w must be given together"):
+        jl.linear_kl_div(x, w, x)
+    with pytest.raises(ValueError, match="teacher_w must have shape"):
+        jl.linear_kl_div(x, w, x, jnp.zeros((3, 6)))
+    with pytest.raises(ValueError, match="teacher_x must have shape"):
+        jl.linear_kl_div(x, w, jnp.zeros((5, 3)), w)
+    with pytest.raises(ValueError, match="teacher_topk ids and log_probs must both have shape"):
+        jl.linear_kl_div(x, w, teacher_topk=(jnp.zeros((4, 2), int), jnp.zeros((4, 3))))
+    with pytest.raises(TypeError, match="teacher_topk ids must be integers"):
+        jl.linear_kl_div(x, w, teacher_topk=(jnp.zeros((4, 2)), jnp.zeros((4, 2))))
+    with pytest.raises(TypeError, match="teacher_topk must be a pair"):
+        jl.linear_kl_div(x, w, teacher_topk=jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        jl.linear_kl_div(x, w, x, w, temperature=0.0)
+    with pytest.raises(ValueError, match="targets must have shape"):
+        jl.linear_kl_div(x, w, x, w, targets=jnp.zeros(3, int))
+    with pytest.raises(ValueError, match="w must have shape"):
+        jl.linear_kl_div(x, w.T, x, w)

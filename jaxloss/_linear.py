@@ -227,19 +227,33 @@ def _chunk_loss(x_c, codes_c, w, bias, scalars: Scalars, options: Options):
     return _ChunkTerms(loss, jax.lax.stop_gradient(lse), stats)
 
 
+def _interleaved(a) -> bool:
+    """Whether chunks of ``a``'s rows are interleaved (see ``_split``): wherever the
+    rows may be split over devices, so on more than one device.
+
+    Contiguous chunks of rows sharded over devices would each live on one device: a
+    loop over them would have the partitioner gather all the rows to every device (and
+    every device compute every chunk). Interleaved chunks take a block of each device's
+    rows, which stay where they are. On one device chunks are contiguous (no copy).
+    """
+    return explicit_sharding(a) is not None or jax.device_count() > 1
+
+
 def _split(a, chunk):
     """``[n, ...]`` -> ``[n // chunk, chunk, ...]``.
 
-    Chunks are contiguous rows, except for an array sharded in JAX's explicit mode:
-    there chunk ``j`` holds rows ``j, j + n/chunk, ...``, so that each device's
-    contiguous block of rows becomes a block of every chunk and no row moves
-    between devices (a contiguous split would need an all-to-all, which explicit
-    mode will not insert on its own).
+    Chunks are contiguous rows on one device. On several (``_interleaved``), chunk ``j``
+    holds rows ``j, j + n/chunk, ...``, so that each device's contiguous block of rows
+    becomes a block of every chunk and no row moves between devices (a contiguous
+    split would need an all-to-all, which explicit mode will not insert on its own and
+    which the automatic partitioner replaces by an all-gather).
     """
     count = a.shape[0] // chunk
+    if not _interleaved(a):
+        return a.reshape(count, chunk, *a.shape[1:])
     sharding = explicit_sharding(a)
     if sharding is None:
-        return a.reshape(count, chunk, *a.shape[1:])
+        return jnp.moveaxis(a.reshape(chunk, count, *a.shape[1:]), 1, 0)
     spec = (*sharding.spec, *(None,) * (a.ndim - len(sharding.spec)))
     out = jax.sharding.NamedSharding(sharding.mesh, jax.P(spec[0], None, *spec[1:]))
     return jnp.moveaxis(jax.lax.reshape(a, (chunk, count, *a.shape[1:]), out_sharding=out), 1, 0)
@@ -247,13 +261,15 @@ def _split(a, chunk):
 
 def _merge(a, n):
     """Inverse of ``_split`` (dropping the padding): ``[count, chunk, ...]`` -> ``[n, ...]``."""
+    shape = (a.shape[0] * a.shape[1], *a.shape[2:])
+    if not _interleaved(a):
+        return a.reshape(shape)[:n]
+    merged = jnp.moveaxis(a, 0, 1)
     sharding = explicit_sharding(a)
     if sharding is None:
-        return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])[:n]
-    merged = jnp.moveaxis(a, 0, 1)
+        return merged.reshape(shape)[:n]
     spec = (*sharding.spec, *(None,) * (a.ndim - len(sharding.spec)))
     out = jax.sharding.NamedSharding(sharding.mesh, jax.P(spec[1], *spec[2:]))
-    shape = (merged.shape[0] * merged.shape[1], *merged.shape[2:])
     return jax.lax.reshape(merged, shape, out_sharding=out)[:n]
 
 
@@ -389,10 +405,9 @@ def _hidden_grad(g, w, x_c):
 class _ChunkView(NamedTuple):
     """Token-indexed arrays viewed as ``num_chunks`` chunks of ``chunk`` rows, no copy.
 
-    Chunks are contiguous rows (a ``[num_chunks, chunk, ...]`` view), except for an array
-    sharded in JAX's explicit mode, viewed as ``[chunk, num_chunks, ...]`` so that chunk
-    ``i`` holds rows ``i, i + num_chunks, ...`` and each device keeps its rows (as
-    ``_split``).
+    Chunks are contiguous rows (a ``[num_chunks, chunk, ...]`` view) on one device; on
+    several (``_interleaved``) the view is ``[chunk, num_chunks, ...]``, so that chunk ``i``
+    holds rows ``i, i + num_chunks, ...`` and each device keeps its rows (as ``_split``).
     """
 
     num_chunks: int
@@ -406,13 +421,15 @@ class _ChunkView(NamedTuple):
     def view(self, a):
         if not self.interleaved:
             return a.reshape(self.num_chunks, self.chunk, *a.shape[1:])
+        if explicit_sharding(a) is None:
+            return a.reshape(self.chunk, self.num_chunks, *a.shape[1:])
         spec = _padded_spec(a)
         out = jax.sharding.NamedSharding(explicit_sharding(a).mesh, jax.P(spec[0], None, *spec[1:]))
         return jax.lax.reshape(a, (self.chunk, self.num_chunks, *a.shape[1:]), out_sharding=out)
 
     def unview(self, a):
         shape = (self.num_chunks * self.chunk, *a.shape[2:])
-        if not self.interleaved:
+        if not self.interleaved or explicit_sharding(a) is None:
             return a.reshape(shape)
         spec = _padded_spec(a)
         out = jax.sharding.NamedSharding(explicit_sharding(a).mesh, jax.P(spec[0], *spec[2:]))
@@ -425,7 +442,8 @@ class _ChunkView(NamedTuple):
     def put(self, a, i, value):
         """``a`` with chunk ``i`` replaced by ``value`` (in place)."""
         value = value.astype(a.dtype)
-        if self.interleaved:  # the value takes the chunk's sharding, as its rows do
+        if self.interleaved and explicit_sharding(a) is not None:
+            # The value takes the chunk's sharding, as its rows do.
             spec = _padded_spec(a)
             chunk_spec = jax.P(spec[0], *spec[2:])
             value = jax.sharding.reshard(
@@ -470,9 +488,7 @@ def _two_pass_grads(x, w, bias, codes, scalars, token_scale, options) -> _Grads:
     matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
     acc = accumulation_dtype(x, w)
     x, codes, token_scale = _pad_tokens(x, codes, token_scale, options)
-    chunks = _ChunkView(
-        x.shape[0] // options.chunk_size, options.chunk_size, explicit_sharding(x) is not None
-    )
+    chunks = _ChunkView(x.shape[0] // options.chunk_size, options.chunk_size, _interleaved(x))
     xs, ys, cs = chunks.view(x), chunks.view(codes), chunks.view(token_scale.astype(acc))
 
     def body(i, carry):

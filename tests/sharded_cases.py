@@ -184,6 +184,58 @@ def data_parallel_normalizer() -> None:
            ref_value, ref_grads, "")  # fmt: skip
 
 
+ALL_REDUCE = re.compile(r"= (\(.*?\)|\S+) all-reduce(?:-start)?\(")
+
+
+def all_reduced_floats(hlo: str) -> dict[str, int]:
+    """Elements all-reduced by the compiled program, by where: in a loop body ("loop",
+    once per chunk) or in the entry computation ("once")."""
+    totals = {"loop": 0, "once": 0}
+    where = "once"
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            where = "once" if line.startswith("ENTRY") else "loop"
+        match = ALL_REDUCE.search(line)
+        if match:
+            for dims in re.findall(r"\w+\[([\d,]*)\]", match.group(1)):
+                size = 1
+                for d in filter(None, dims.split(",")):
+                    size *= int(d)
+                totals[where] += size
+    return totals
+
+
+def communication() -> None:
+    """The all-reduced elements of each loss on a (data=2, vocab=4) mesh, for the
+    per-step formulas of docs/sharding.md."""
+    mesh = jax.make_mesh((2, 4), ("data", "vocab"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    put = lambda a, *spec: jax.device_put(a, NamedSharding(mesh, P(*spec)))  # noqa: E731
+    keys = jax.random.split(jax.random.key(2), 3)
+    y = put(jax.random.randint(keys[0], (N,), 0, V), "data")
+    logits = put(jax.random.normal(keys[1], (N, V)), "data", "vocab")
+    hidden = put(jax.random.normal(keys[2], (N, H)), "data", None)
+    w = put(jnp.ones((H, V)) / H, None, "vocab")
+    cases = {
+        "cross_entropy": (lambda x: jl.cross_entropy(x, y), (logits,)),
+        "cross_entropy_smoothing": (
+            lambda x: jl.cross_entropy(x, y, label_smoothing=0.1),
+            (logits,),
+        ),
+        "linear_cross_entropy": (
+            lambda h, w: jl.linear_cross_entropy(h, w, y, chunk_size=8),
+            (hidden, w),
+        ),
+        "linear_kl_div": (
+            lambda h, w: jl.linear_kl_div(h, w, h[::-1], w[:, ::-1], chunk_size=8),
+            (hidden, w),
+        ),
+    }
+    for name, (fn, args) in cases.items():
+        step = jax.jit(jax.value_and_grad(fn, argnums=tuple(range(len(args)))))
+        totals = all_reduced_floats(step.lower(*args).compile().as_text())
+        print(json.dumps({"communication": name, "chunk": 8, **totals}), flush=True)
+
+
 def report(mode, layout, name, value, grad, ref_value, ref_grad, hlo):
     errors = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grad, ref_grad)
     print(
@@ -196,6 +248,7 @@ def report(mode, layout, name, value, grad, ref_value, ref_grad, hlo):
                 "value": float(ref_value),
                 "grad_error": max(jax.tree.leaves(errors)),
                 "vocab_wide_all_gathers": vocab_wide_gathers(hlo),
+                "all_gathers": len(re.findall(r"all-gather(?:-start)?\(", hlo)),
             }
         ),
         flush=True,
@@ -207,3 +260,4 @@ if __name__ == "__main__":
     for mode_name in sys.argv[1:] or ["Auto", "Explicit"]:
         run(mode_name)
     data_parallel_normalizer()
+    communication()

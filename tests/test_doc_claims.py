@@ -816,3 +816,27 @@ def test_every_documented_benchmark_command_times_the_shapes_it_names():
         for n, h, v in benchmark._parse_shapes(options["--shapes"], 3):
             assert 6 * n * h * v <= limit, (page, " ".join(argv), (n, h, v))
     assert named >= 1
+
+
+def test_the_lm_head_example_figures_are_the_raw_data():
+    """docs/sharding.md quotes the example's runs as saved in docs/measurements."""
+    page = _page("docs/sharding.md")
+    labels = {
+        "1x1": "1 process, 1 device",
+        "1x8": "1 process, 8 devices",
+        "2x4": "2 processes × 4 devices",
+    }
+    for key, label in labels.items():
+        run = json.loads((MEASUREMENTS / f"cpu-lm-head-{key}.json").read_text())
+        memory = run["memory_per_device"]
+        row = (
+            f"| {label} | {run['mesh']['data']} × {run['mesh']['vocab']} "
+            f"| {run['loss_curve'][0][1]:.4f} | {run['loss_curve'][-1][1]:.4f} "
+            f"| {run['tokens_per_second']:,.0f} | {memory['temp_bytes'] / 2**20:.2f} MiB "
+            f"| {memory['argument_bytes'] / 2**20:.2f} MiB |"
+        )
+        assert row in page, row
+        assert run["processes"] == (2 if key == "2x4" else 1) and run["devices"] == int(
+            key[0]
+        ) * int(key[-1])
+        assert f"Measured {run['date']} on a 2-core x86_64 VM, jax {run['jax']}" in page

@@ -22,7 +22,9 @@ def run_sharded_cases():
 
 def test_sharded_losses_equal_unsharded_without_vocabulary_wide_all_gathers():
     """One run of the 8-device script (a subprocess: the device count is fixed at start)."""
-    results = run_sharded_cases()
+    lines = run_sharded_cases()
+    results = [r for r in lines if "communication" not in r]
+    check_communication_formulas({r["communication"]: r for r in lines if "communication" in r})
     seen = {(r["mode"], r["layout"]) for r in results if r["layout"] != "shard_map"}
     assert seen == {
         (m, lay) for m in ("Auto", "Explicit") for lay in ("data", "vocab", "data+vocab")
@@ -50,3 +52,21 @@ def test_sharded_losses_equal_unsharded_without_vocabulary_wide_all_gathers():
         assert r["grad_error"] <= 1e-5, r
     offenders = [r for r in results if r["vocab_wide_all_gathers"]]
     assert not offenders, offenders[:3]
+    # The fused losses keep each device's tokens where they are: no all-gather at all
+    # (packed sequences excepted: their per-token ids are gathered for the sort).
+    fused = [r for r in results if r["case"].startswith("linear") and "sequence" not in r["case"]]
+    assert fused and not [r for r in fused if r["all_gathers"]], fused[:3]
+
+
+def check_communication_formulas(measured):
+    """docs/sharding.md's per-device all-reduce volumes, against the compiled programs on
+    a (data=2, vocab=4) mesh: N = 48 tokens, H = 16, V = 1024, chunks of c = 8."""
+    n, h, v, c, d, m = 48, 16, 1024, 8, 2, 4
+    want = {
+        "cross_entropy": {"loop": 0, "once": 3 * n // d + 2},
+        "cross_entropy_smoothing": {"loop": 0, "once": 5 * n // d + 2},
+        # Per chunk: over "vocab" 3c/D + cH/D, over "data" HV/M and the partial loss.
+        "linear_cross_entropy": {"loop": 3 * c // d + c * h // d + h * v // m + 1, "once": 1},
+        "linear_kl_div": {"loop": 6 * c // d + c * h // d + h * v // m + 1, "once": 0},
+    }
+    assert {k: {"loop": r["loop"], "once": r["once"]} for k, r in measured.items()} == want

@@ -4,6 +4,7 @@ from jaxloss._binary import binary_cross_entropy, binary_cross_entropy_with_logi
 from jaxloss._classification import cross_entropy, nll_loss
 from jaxloss._distill import linear_kl_div
 from jaxloss._divergence import kl_div
+from jaxloss._focal import poly1_cross_entropy, sigmoid_focal_loss, softmax_focal_loss
 from jaxloss._linear import linear_cross_entropy
 from jaxloss._softmax import log_sigmoid, log_softmax, softmax
 
@@ -19,5 +20,8 @@ __all__ = [
     "log_sigmoid",
     "log_softmax",
     "nll_loss",
+    "poly1_cross_entropy",
+    "sigmoid_focal_loss",
     "softmax",
+    "softmax_focal_loss",
 ]

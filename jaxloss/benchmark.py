@@ -142,6 +142,16 @@ def _loss_cases(n: int, c: int, dtype):
             (logits, binary),
             3,
         ),
+        (
+            "sigmoid_focal_loss",
+            jl.sigmoid_focal_loss,
+            None
+            if optax is None
+            else lambda a, b: jnp.mean(optax.sigmoid_focal_loss(a, b, alpha=0.25, gamma=2.0)),
+            "optax sigmoid focal",
+            (logits, binary),
+            3,
+        ),
     ]
     cases = [
         (name, vg(ours), None if base is None else vg(base), base_name, operands, k * size)

@@ -36,6 +36,7 @@ def test_benchmark_command_smoke(tmp_path):
         "cross_entropy (index)",
         "cross_entropy (probs)",
         "bce_with_logits",
+        "sigmoid_focal_loss",
         "log_softmax (fwd+vjp)",
     }
     assert {r["dtype"] for r in result["losses"]} == {"float32", "bfloat16"}

@@ -653,6 +653,7 @@ LAYERS = {
     "_binary": 3,
     "_divergence": 3,
     "_distill": 4,
+    "_focal": 4,
 }
 
 
@@ -660,7 +661,8 @@ LAYERS = {
     "docs/architecture.md",
     "Imports run one way: `_checks` and `_reduce` at the bottom, then `_softmax`, then",
     "`_xent`, then the public loss modules, which import nothing from each other, except",
-    "`_distill`, which builds on `_linear`'s chunking and sits above it.",
+    "`_distill`, which builds on `_linear`'s chunking, and `_focal`, which builds on",
+    "`_binary`'s softplus terms; those two sit above the rest.",
 )
 def import_layers():
     for name, layer in LAYERS.items():

@@ -37,6 +37,12 @@ CASES = {
     ),
     "binary_cross_entropy": (lambda p, t: jl.binary_cross_entropy(p, t), (X, X)),
     "kl_div": (lambda q, t: jl.kl_div(q, t, reduction="batchmean"), (X, X)),
+    "sigmoid_focal_loss": (lambda x, t: jl.sigmoid_focal_loss(x, t, gamma=0.5), (X, X)),
+    "softmax_focal_loss": (
+        lambda x, y, w: jl.softmax_focal_loss(x, y, alpha=w, label_smoothing=0.1),
+        (X16, Y, W),
+    ),
+    "poly1_cross_entropy": (lambda x, t: jl.poly1_cross_entropy(x, t, epsilon=2.0), (X, X)),
     "linear_cross_entropy": (
         lambda x, w, y: jl.linear_cross_entropy(x, w, y, chunk_size=4, label_smoothing=0.1),
         (X, jax.ShapeDtypeStruct((16, 32), jnp.float32), Y),

@@ -195,7 +195,8 @@ def softmax_focal_loss(
         targets: integer class indices (the logits' shape without ``axis``) or floating
             probabilities (the logits' shape, differentiable).
         gamma: the focusing parameter $\gamma \ge 0$ (may be traced).
-        alpha: optional ``[num_classes]`` class weights, or a scalar for all classes.
+        alpha: optional ``[num_classes]`` class weights, or a scalar for all classes
+            (which, like any common factor of the class weights, cancels in ``"mean"``).
         ignore_index: index targets equal to it add nothing (static).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (static); ``"mean"`` divides by
             $\sum_n \alpha_{y_n}$ over kept elements, as ``cross_entropy`` does.

@@ -292,3 +292,15 @@ def test_sigmoid_focal_equals_optax_where_their_options_overlap(x64):
         want = optax.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma)
         got = jl.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma, reduction="none")
         np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_a_scalar_alpha_weights_every_class_alike(x64):
+    x, y, _ = build.index_problem((6, 5), axis=-1)
+    np.testing.assert_allclose(
+        jl.softmax_focal_loss(x, y, alpha=0.5), jl.softmax_focal_loss(x, y), rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        jl.softmax_focal_loss(x, y, alpha=0.5, reduction="sum"),
+        0.5 * jl.softmax_focal_loss(x, y, reduction="sum"),
+        rtol=1e-13,
+    )

@@ -309,3 +309,25 @@ def token_weighting(
             )
         normalizer = real_scalar("normalizer", normalizer, minimum=0.0, strict=True)
     return TokenWeighting(token_weight, segment_ids, normalizer)
+
+
+def softmax_logits_and_targets(
+    logits, targets, axis, index_to_ignore
+) -> tuple[jax.Array, int, jax.Array, bool, int]:
+    """The checks shared by the softmax losses with index or probability targets.
+
+    Returns ``(logits, axis, targets, is_index, ignore_index)``: the logits as an array,
+    the axis made non-negative, the targets and their kind, and the checked
+    ``ignore_index`` (``index_to_ignore``), which only index targets may set.
+    """
+    logits = floating_input("logits", logits, min_ndim=1)
+    axis = class_axis(axis, logits.ndim)
+    has_classes("logits", logits.shape, axis)
+    targets, is_index = index_or_probability_targets(targets, logits.shape, axis)
+    checked = ignore_index(index_to_ignore)
+    if not is_index and checked != -100:
+        raise ValueError(
+            "ignore_index only applies to class-index targets; got probability targets "
+            f"(dtype {targets.dtype}) with ignore_index={checked}"
+        )
+    return logits, axis, targets, is_index, checked

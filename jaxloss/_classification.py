@@ -209,16 +209,9 @@ def cross_entropy(
     [`linear_cross_entropy`][jaxloss.linear_cross_entropy] to fuse the final
     projection for large vocabularies.
     """
-    logits = _checks.floating_input("logits", logits, min_ndim=1)
-    axis = _checks.class_axis(axis, logits.ndim)
-    _checks.has_classes("logits", logits.shape, axis)
-    targets, is_index = _checks.index_or_probability_targets(targets, logits.shape, axis)
-    ignore_index = _checks.ignore_index(ignore_index)
-    if not is_index and ignore_index != -100:
-        raise ValueError(
-            "ignore_index only applies to class-index targets; got probability targets "
-            f"(dtype {targets.dtype}) with ignore_index={ignore_index}"
-        )
+    logits, axis, targets, is_index, ignore_index = _checks.softmax_logits_and_targets(
+        logits, targets, axis, ignore_index
+    )
     reduction = _checks.reduction(reduction, _checks.TOKEN_REDUCTIONS)
     index_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
     weighting = _checks.token_weighting(

@@ -123,16 +123,9 @@ def _softmax_modulated(logits, targets, class_weight, label_smoothing, where, op
 def _softmax_arguments(
     logits, targets, weight, ignore_index, reduction, label_smoothing, axis, where
 ):
-    logits = _checks.floating_input("logits", logits, min_ndim=1)
-    axis = _checks.class_axis(axis, logits.ndim)
-    _checks.has_classes("logits", logits.shape, axis)
-    targets, is_index = _checks.index_or_probability_targets(targets, logits.shape, axis)
-    ignore_index = _checks.ignore_index(ignore_index)
-    if not is_index and ignore_index != -100:
-        raise ValueError(
-            "ignore_index only applies to class-index targets; got probability targets "
-            f"(dtype {targets.dtype}) with ignore_index={ignore_index}"
-        )
+    logits, axis, targets, is_index, ignore_index = _checks.softmax_logits_and_targets(
+        logits, targets, axis, ignore_index
+    )
     has_smoothing = not _checks.is_static_zero(label_smoothing)
     label_smoothing = _checks.real_scalar(
         "label_smoothing", label_smoothing, minimum=0.0, maximum=1.0

@@ -331,3 +331,10 @@ def softmax_logits_and_targets(
             f"(dtype {targets.dtype}) with ignore_index={checked}"
         )
     return logits, axis, targets, is_index, checked
+
+
+def passes(value):
+    """The ``passes`` of a fused loss: 1, 2 or None (chosen by dtype and devices)."""
+    if value not in (None, 1, 2) or isinstance(value, bool):
+        raise ValueError(f"passes must be 1, 2 or None (chosen by dtype), got {value!r}")
+    return value

@@ -1,18 +1,16 @@
 """``linear_kl_div``: distillation of a language-model head without the N x V logits.
 
-The student's logits ``x @ w`` and the teacher's (``teacher_x @ teacher_w``, or its
-top-k log-probabilities) are formed one chunk of tokens at a time, as in
-``_linear.py``, whose chunking, weight-gradient accumulation and token scales this
-module shares. For ``"mean"``, ``"sum"`` and ``"sequence_mean"`` the JVP rule forms the
-gradients of ``x`` and ``w`` while each chunk's logits are at hand (three matmuls with
-a dense teacher: the two heads' logits and the two products of the gradient); for
-``"none"`` each chunk is recomputed in the backward pass. The teacher is a constant.
+The distillation head of the fused engine (``jaxloss._fused``): from one chunk of the
+student's raw logits ``x @ w`` and the teacher's (``teacher_x @ teacher_w``, or its
+top-k log-probabilities) it forms ``T^2 KL(q || p)`` per token and its logit gradient
+``T (p - q)``; for the engine's second pass, any slice of columns of that gradient
+from the two log-partitions. The teacher is a constant.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -20,18 +18,11 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._linear import (
-    _add_weight_grad,
-    _hidden_grad,
-    _merge,
-    _split,
-    accumulation_dtype,
-    auto_chunk_size,
-    vocab_slice_size,
-)
-from jaxloss._reduce import dropped_elements, element_scales, is_zero, varying_zero
+from jaxloss._fused import engine
+from jaxloss._fused.chunking import ColumnSlice
+from jaxloss._reduce import dropped_elements, element_scales, explicit_sharding
 from jaxloss._softmax import max_and_sum_exp
-from jaxloss._xent import IGNORED, Options, resolve_targets
+from jaxloss._xent import IGNORED, Fill, resolve_targets
 
 
 class TeacherRows(NamedTuple):
@@ -45,11 +36,12 @@ class TeacherRows(NamedTuple):
 
 class _TeacherChunk(NamedTuple):
     """One chunk's teacher distribution ``q`` (at the temperature): dense ``[c, V]``, or
-    over ``ids`` ``[c, k]``; with ``sum_v q_v log q_v`` per token and, for top-k, which
-    tokens name an id outside the vocabulary."""
+    over ``ids`` ``[c, k]``; with ``sum_v q_v log q_v`` per token, its log-partition,
+    and which tokens name an id outside the vocabulary."""
 
     q: jax.Array
     neg_entropy: jax.Array
+    lse: jax.Array
     ids: jax.Array | None
     bad: jax.Array
 
@@ -58,34 +50,48 @@ def _plogq(q, log_q):
     return jnp.sum(jnp.where(q > 0, q * log_q, 0.0), axis=-1)
 
 
-def _teacher_chunk(rows: TeacherRows, teacher_w, keep, vocab: int, inv_t, acc) -> _TeacherChunk:
-    ids = None
+def _teacher_logits(rows: TeacherRows, teacher_w, keep, inv_t, acc):
+    """The teacher's scaled logits ``u / T`` of the columns of ``teacher_w`` given, or
+    (top-k) of its ids; with the ids clipped into the vocabulary."""
     if teacher_w is not None:
         assert rows.x is not None
         t_x = jnp.where(keep[:, None], rows.x, 0)
-        u = jnp.matmul(t_x, teacher_w, preferred_element_type=acc) * inv_t
-        bad = jnp.zeros(keep.shape, bool)
-    else:
-        assert rows.ids is not None and rows.log_probs is not None
-        u = rows.log_probs.astype(acc) * inv_t
-        bad = jnp.any((rows.ids < 0) | (rows.ids >= vocab), axis=-1)
-        ids = jnp.clip(rows.ids, 0, vocab - 1)
+        return jnp.matmul(t_x, teacher_w, preferred_element_type=acc) * inv_t, None
+    assert rows.ids is not None and rows.log_probs is not None
+    return rows.log_probs.astype(acc) * inv_t, rows.ids
+
+
+def _teacher_chunk(rows: TeacherRows, teacher_w, keep, vocab: int, inv_t, acc) -> _TeacherChunk:
+    u, ids = _teacher_logits(rows, teacher_w, keep, inv_t, acc)
+    bad = jnp.zeros(keep.shape, bool)
+    if ids is not None:
+        bad = jnp.any((ids < 0) | (ids >= vocab), axis=-1)
+        ids = jnp.clip(ids, 0, vocab - 1)
     m, s = max_and_sum_exp(u, -1)
     log_q = (u - m) - jnp.log(s)
     q = jnp.exp(log_q)
-    return _TeacherChunk(q, _plogq(q, log_q), ids, bad & keep)
+    return _TeacherChunk(q, _plogq(q, log_q), m[:, 0] + jnp.log(s[:, 0]), ids, bad & keep)
 
 
-def _dense_q(teacher: _TeacherChunk, shape) -> jax.Array:
+def _scatter_rows(like, index, values, mode=None) -> jax.Array:
+    """``zeros_like(like)`` with ``values[n, k]`` added at ``[n, index[n, k]]`` (under
+    explicit sharding, sharded as ``like``)."""
+    rows = jnp.arange(like.shape[0], dtype=jnp.int32)[:, None]
+    sharding = explicit_sharding(like)
+    where = {} if sharding is None else {"out_sharding": sharding}
+    return jnp.zeros_like(like).at[rows, index].add(values, mode=mode, **where)
+
+
+def _dense_q(teacher: _TeacherChunk, z) -> jax.Array:
+    """The teacher's distribution over the columns of the logits ``z``."""
     if teacher.ids is None:
         return teacher.q
-    rows = jnp.arange(shape[0], dtype=jnp.int32)[:, None]
-    return jnp.zeros(shape, teacher.q.dtype).at[rows, teacher.ids].add(teacher.q)
+    return _scatter_rows(z, teacher.ids, teacher.q)
 
 
 def _kl_terms(z, teacher: _TeacherChunk, keep, inv_t):
     """``T^2 KL(q || softmax(z / T))`` per token from the raw logits ``z``, and the pieces
-    of its gradient: the shift, ``log s`` and the scaled logits."""
+    of its gradient: the shifted scaled logits and the log-partition ``m + log s``."""
     scaled = z * inv_t
     m, s = max_and_sum_exp(scaled, -1)
     log_s = jnp.log(s[:, 0])
@@ -93,20 +99,19 @@ def _kl_terms(z, teacher: _TeacherChunk, keep, inv_t):
     if teacher.ids is None:
         cross = jnp.sum(jnp.where(teacher.q > 0, teacher.q * shifted, 0.0), axis=-1)
     else:
-        picked = jnp.take_along_axis(shifted, teacher.ids, axis=-1)
+        rows = jnp.arange(z.shape[0], dtype=jnp.int32)[:, None]
+        picked = shifted.at[rows, teacher.ids].get(out_sharding=explicit_sharding(teacher.q))
         cross = jnp.sum(jnp.where(teacher.q > 0, teacher.q * picked, 0.0), axis=-1)
     # sum_v q_v (log q_v - log p_v), log p_v = (z_v / T - m) - log s, and sum_v q_v = 1.
     kl = (teacher.neg_entropy - cross + log_s) / jnp.square(inv_t)
     kl = jnp.where(keep, kl, 0.0)
-    return jnp.where(teacher.bad, jnp.nan, kl), shifted, log_s
+    return jnp.where(teacher.bad, jnp.nan, kl), shifted - log_s[:, None], m[:, 0] + log_s
 
 
-def _kl_logit_grad(shifted, log_s, teacher: _TeacherChunk, keep, inv_t):
+def _kl_logit_grad(p, q, teacher_bad, keep, inv_t):
     """``d(T^2 KL)/dz = T (p - q)``, 0 on tokens that are not kept, nan on bad ones."""
-    p = jnp.exp(shifted - log_s[:, None])
-    g = (p - _dense_q(teacher, shifted.shape)) / inv_t
-    g = jnp.where(keep[:, None], g, 0.0)
-    return jnp.where(teacher.bad[:, None], jnp.nan, g)
+    g = jnp.where(keep[:, None], (p - q) / inv_t, 0.0)
+    return jnp.where(teacher_bad[:, None], jnp.nan, g)
 
 
 @jax.custom_jvp
@@ -117,106 +122,86 @@ def _kl_of_logits(z, teacher: _TeacherChunk, keep, inv_t):
 @_kl_of_logits.defjvp
 def _kl_of_logits_jvp(primals, tangents):
     z, teacher, keep, inv_t = primals
-    kl, shifted, log_s = _kl_terms(z, teacher, keep, inv_t)
-    g = _kl_logit_grad(shifted, log_s, teacher, keep, inv_t)
+    kl, log_p, _ = _kl_terms(z, teacher, keep, inv_t)
+    g = _kl_logit_grad(jnp.exp(log_p), _dense_q(teacher, z), teacher.bad, keep, inv_t)
     dz = jnp.where(keep[:, None], tangents[0], 0.0)
     return kl, jnp.sum(g * dz, axis=-1)
 
 
-def _chunk_kl(x_c, keep_c, rows_c, w, teacher_w, inv_t):
-    """One chunk's per-token losses, differentiable in ``x_c`` and ``w``."""
-    acc = accumulation_dtype(x_c, w)
-    x_c = jnp.where(keep_c[:, None], x_c, 0)
-    z = jnp.matmul(x_c, w, preferred_element_type=acc)
-    teacher = _teacher_chunk(rows_c, teacher_w, keep_c, w.shape[1], inv_t, acc)
-    return _kl_of_logits(z, jax.lax.stop_gradient(teacher), keep_c, inv_t)
+class Teacher(NamedTuple):
+    """The distillation head's constant inputs: the teacher's projection (or None for a
+    top-k teacher) and ``1 / T``."""
+
+    w: jax.Array | None
+    inv_t: jax.Array
 
 
-def _chunked(arrays, options: Options):
-    """Pads the token axis of every array to a multiple of the chunk size (with zeros,
-    and not kept) and splits it into chunks."""
-    n, chunk = arrays[0].shape[0], options.chunk_size
-    padded = -(-n // chunk) * chunk
+@dataclasses.dataclass(frozen=True)
+class DistillationHead:
+    """``T^2 KL(q || softmax(z / T))`` (``engine.Head``). Tokens: ``(keep, TeacherRows)``;
+    params: a ``Teacher``. Saved per token for the second pass: the student's and the
+    teacher's log-partitions (of the scaled logits)."""
 
-    def pad(a):
-        widths = ((0, padded - n), *((0, 0),) * (a.ndim - 1))
-        return jnp.pad(a, widths) if padded != n else a
+    vocab: int
 
-    return jax.tree.map(lambda a: _split(pad(a), chunk), arrays)
+    @property
+    def saved_width(self) -> int:
+        return 2
 
+    @property
+    def stats_width(self) -> int:
+        return 0
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(7,))
-def _fused_kl(x, w, rows, teacher_w, keep, token_scale, inv_t, options):
-    """``sum_n token_scale_n loss_n`` over the chunks, without gradients."""
-    xs, ks, ts, cs = _chunked((x, keep, rows, token_scale), options)
+    def counted(self, tokens, teacher: Teacher):
+        return tokens[0]
 
-    def body(total, chunk_in):
-        x_c, keep_c, rows_c, scale_c = chunk_in
-        kl = _chunk_kl(x_c, keep_c, rows_c, w, teacher_w, inv_t)
-        return total + jnp.sum(kl * scale_c), None
+    def _teacher(self, tokens, teacher: Teacher, acc) -> _TeacherChunk:
+        keep, rows = tokens
+        return _teacher_chunk(rows, teacher.w, keep, self.vocab, teacher.inv_t, acc)
 
-    init = varying_zero(accumulation_dtype(x, w), x, w, rows, teacher_w, keep, token_scale)
-    total, _ = jax.lax.scan(body, init, (xs, ks, ts, cs))
-    return total
+    def loss(self, z, tokens, teacher: Teacher):
+        chunk = jax.lax.stop_gradient(self._teacher(tokens, teacher, z.dtype))
+        kl = _kl_of_logits(z, chunk, tokens[0], teacher.inv_t)
+        return kl, jnp.zeros((z.shape[0], 0), z.dtype)
 
+    def loss_and_grad(self, z, tokens, teacher: Teacher, fill: Fill) -> engine.HeadTerms:
+        keep = tokens[0]
+        chunk = self._teacher(tokens, teacher, z.dtype)
+        kl, log_p, lse = _kl_terms(z, chunk, keep, teacher.inv_t)
+        q = _dense_q(chunk, z)
+        grad = _kl_logit_grad(jnp.exp(log_p), q, chunk.bad, keep, teacher.inv_t)
+        saved = jnp.stack([lse, chunk.lse], axis=-1)
+        return engine.HeadTerms(kl, grad, saved, jnp.zeros((z.shape[0], 0), z.dtype))
 
-def _fused_kl_jvp(options, primals, tangents):
-    # As linear_cross_entropy's one pass: the gradients of x and w are formed chunk by
-    # chunk, and the tangent is their inner product with the input tangents.
-    x, w, rows, teacher_w, keep, token_scale, inv_t = primals
-    dx, dw = tangents[:2]
-    n = x.shape[0]
-    acc = accumulation_dtype(x, w)
-    matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
-    xs, ks, ts, cs = _chunked((x, keep, rows, token_scale), options)
-
-    def body(carry, chunk_in):
-        total, dw_acc = carry
-        x_c, keep_c, rows_c, scale_c = chunk_in
-        x_c = jnp.where(keep_c[:, None], x_c, 0)
-        z = jnp.matmul(x_c, w, preferred_element_type=acc)
-        t_c = _teacher_chunk(rows_c, teacher_w, keep_c, w.shape[1], inv_t, acc)
-        kl, shifted, log_s = _kl_terms(z, t_c, keep_c, inv_t)
-        g = _kl_logit_grad(shifted, log_s, t_c, keep_c, inv_t) * scale_c[:, None]
-        g_mm = g.astype(matmul_dtype)
-        dx_c = _hidden_grad(g_mm, w, x_c)
-        dw_acc = _add_weight_grad(dw_acc, x_c, g_mm, acc, options.vocab_slice)
-        return (total + jnp.sum(kl * scale_c), dw_acc), dx_c.astype(x.dtype)
-
-    zero = varying_zero(acc, x, w, rows, teacher_w, keep, token_scale)
-    init = (zero, jnp.zeros_like(w, dtype=acc) + zero)
-    (total, grad_w), dxs = jax.lax.scan(body, init, (xs, ks, ts, cs))
-    grad_x = _merge(dxs, n)
-    grad_w = grad_w.astype(w.dtype)
-    dloss = jnp.zeros((), acc)
-    if not is_zero(dx):
-        dloss = dloss + jnp.sum(grad_x * dx.astype(grad_x.dtype), dtype=acc)
-    if not is_zero(dw):
-        dloss = dloss + jnp.sum(grad_w * dw.astype(grad_w.dtype), dtype=acc)
-    return total, dloss
+    def column_grad(self, z, tokens, saved, teacher: Teacher, cols: ColumnSlice, fill: Fill):
+        keep, rows = tokens
+        acc, inv_t = z.dtype, teacher.inv_t
+        p = jnp.exp(z * inv_t - saved[:, :1])
+        teacher_w = None if teacher.w is None else cols.take(cols.columns.view(teacher.w))
+        u, ids = _teacher_logits(rows, teacher_w, keep, inv_t, acc)
+        q = jnp.exp(u - saved[:, 1:])
+        bad = jnp.zeros(keep.shape, bool)
+        if ids is not None:
+            bad = keep & jnp.any((ids < 0) | (ids >= self.vocab), axis=-1)
+            index, inside = cols.position(ids)
+            q = _scatter_rows(z, index, jnp.where(inside, q, 0.0), mode="drop")
+        return _kl_logit_grad(p, q, bad, keep, inv_t)
 
 
-_fused_kl.defjvp(_fused_kl_jvp, symbolic_zeros=True)
-
-
-def _per_token_kl(x, w, rows, teacher_w, keep, inv_t, options: Options):
-    xs, ks, ts = _chunked((x, keep, rows), options)
-    chunk_kl = jax.checkpoint(_chunk_kl)
-
-    def body(_, chunk_in):
-        x_c, keep_c, rows_c = chunk_in
-        return None, chunk_kl(x_c, keep_c, rows_c, w, teacher_w, inv_t)
-
-    _, out = jax.lax.scan(body, None, (xs, ks, ts))
-    return _merge(out, x.shape[0])
-
-
-@functools.partial(jax.jit, static_argnums=(5,))
+@functools.partial(jax.jit, static_argnums=(5, 8))
 def _linear_kl_div(
-    x, w, rows: TeacherRows, teacher_w, codes, options: Options, temperature, weighting
+    x,
+    w,
+    rows: TeacherRows,
+    teacher_w,
+    codes,
+    config: engine.Config,
+    temperature,
+    weighting,
+    reduction,
 ):
     hidden = w.shape[0]
-    acc = accumulation_dtype(x, w)
+    acc = engine.accumulation_dtype(x, w)
     inv_t = jax.lax.stop_gradient(1.0 / jnp.asarray(temperature, acc))
     rows, teacher_w = jax.lax.stop_gradient((rows, teacher_w))
     weighting = jax.lax.stop_gradient(weighting)
@@ -227,15 +212,25 @@ def _linear_kl_div(
     keep = (codes != IGNORED).reshape(-1)
     x2 = x.reshape(-1, hidden)
     rows = jax.tree.map(lambda a: a.reshape(-1, a.shape[-1]), rows)
+    sharding = explicit_sharding(x2)
+    if sharding is not None:
+        # The teacher's rows go where the student's tokens are.
+        by_token = jax.sharding.NamedSharding(sharding.mesh, jax.P(sharding.spec[0], None))
+        rows = jax.sharding.reshard(rows, by_token)
+        keep = jax.sharding.reshard(
+            keep, jax.sharding.NamedSharding(sharding.mesh, jax.P(sharding.spec[0]))
+        )
     out_dtype = jnp.promote_types(x.dtype, w.dtype)
-    if options.reduction == "none":
-        loss = _per_token_kl(x2, w, rows, teacher_w, keep, inv_t, options).reshape(shape)
+    head, teacher = DistillationHead(w.shape[1]), Teacher(teacher_w, inv_t)
+    if reduction == "none":
+        loss, _ = engine.per_token_loss(head, x2, w, None, (keep, rows), teacher, config)
+        loss = loss.reshape(shape)
         if weighting.token_weight is not None:
             loss = loss * weighting.token_weight.astype(acc)
         return loss.astype(out_dtype)
     share = keep.reshape(shape).astype(acc)
-    token_scale = element_scales(options.reduction, share, *weighting).reshape(-1).astype(acc)
-    loss = _fused_kl(x2, w, rows, teacher_w, keep, token_scale, inv_t, options)
+    token_scale = element_scales(reduction, share, *weighting).reshape(-1)
+    loss, _ = engine.fused_sum(head, x2, w, None, (keep, rows), teacher, token_scale, config)
     return loss.astype(out_dtype)
 
 
@@ -254,6 +249,8 @@ def linear_kl_div(
     segment_ids: ArrayLike | None = None,
     normalizer: ArrayLike | None = None,
     chunk_size: int | None = None,
+    passes: int | None = None,
+    vocab_chunk_size: int | None = None,
 ) -> jax.Array:
     r"""Distillation loss of a language-model head, fused: the KL divergence from the
     teacher's next-token distribution to the student's, without either head's logits.
@@ -406,10 +403,10 @@ def linear_kl_div(
         token_weight, segment_ids, normalizer, reduction, token_shape
     )
     chunk_size = _checks.optional_positive_int("chunk_size", chunk_size)
-    num_tokens = math.prod(token_shape)
-    options = Options(
-        reduction=reduction,
-        chunk_size=int(chunk_size or auto_chunk_size(num_tokens, vocab)),
-        vocab_slice=vocab_slice_size(vocab, x.shape[-1]),
+    passes = _checks.passes(passes)
+    vocab_chunk_size = _checks.optional_positive_int("vocab_chunk_size", vocab_chunk_size)
+    engine.check_layout(x, w)
+    config = engine.Config.resolve(
+        x, w, chunk_size=chunk_size, passes=passes, vocab_chunk_size=vocab_chunk_size
     )
-    return _linear_kl_div(x, w, rows, projection, codes, options, temperature, weighting)
+    return _linear_kl_div(x, w, rows, projection, codes, config, temperature, weighting, reduction)

@@ -105,7 +105,8 @@ def _softmax_modulated(logits, targets, class_weight, label_smoothing, where, op
         if options.has_smoothing:
             share = smoothing_share(x, eps)
             spread = share if class_weight is None else share * class_weight
-        a = coefficient_columns(resolved, element_weight, 0, x.shape[-1], eps, spread)
+        columns = jnp.arange(x.shape[-1], dtype=jnp.int32)
+        a = coefficient_columns(resolved, element_weight, columns, eps, spread)
         # A row that adds nothing is kept out of the softmax: its logits may be nan.
         x = jnp.where(jnp.any(a != 0, axis=-1, keepdims=True), x, 0.0)
         share_of_mean = element_weight

@@ -44,12 +44,7 @@ class Options:
     has_smoothing: bool = False
     has_z_loss: bool = False
     has_softcap: bool = False
-    # linear_cross_entropy only
-    chunk_size: int = 0
-    vocab_slice: int = 0  # one pass: columns of the weight gradient added per loop step
-    passes: int = 1  # over the vocabulary for the gradients: 1, or 2 (see _linear.py)
-    vocab_chunk_size: int = 0  # two passes: vocabulary columns per step of the second
-    return_aux: bool = False
+    return_aux: bool = False  # linear_cross_entropy only
 
 
 class Scalars(NamedTuple):
@@ -205,25 +200,25 @@ def index_coefficients(
     if share is not None:
         spread = share if class_weight is None else share * class_weight
     element_weight = jnp.where(targets.keep, w_y, 0.0)
-    a = coefficient_columns(targets, element_weight, 0, num_classes, label_smoothing, spread)
+    columns = jnp.arange(num_classes, dtype=jnp.int32)
+    a = coefficient_columns(targets, element_weight, columns, label_smoothing, spread)
     return a, w_y
 
 
 def coefficient_columns(
     targets: IndexTargets,
     element_weight,
-    first,
-    width: int,
+    columns: jax.Array,
     label_smoothing=None,
     spread=None,
     fill: Fill = CONSTANT_FILL,
 ):
-    """Columns ``first, ..., first + width - 1`` of the coefficients of
-    ``index_coefficients``, from each element's weight (``w[y]``, 0 where ignored) and
-    the smoothing ``spread`` of those columns (``share * w``), or None without smoothing.
-    ``first`` may be traced: the second pass of ``linear_cross_entropy`` walks the
-    vocabulary with it."""
-    onehot = (targets.class_index - first)[..., None] == jnp.arange(width, dtype=jnp.int32)
+    """The columns ``columns`` (class ids, ``[width]`` int32, may be traced) of the
+    coefficients of ``index_coefficients``, from each element's weight (``w[y]``, 0
+    where ignored) and the smoothing ``spread`` of those columns (``share * w``), or
+    None without smoothing. The second pass of ``linear_cross_entropy`` walks the
+    vocabulary with them."""
+    onehot = targets.class_index[..., None] == columns
     a = jnp.where(onehot, element_weight[..., None], fill.zero)
     if spread is not None:
         a = (1.0 - label_smoothing) * a + jnp.where(targets.keep[..., None], spread, fill.zero)

@@ -31,7 +31,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import platform
+import re
 import statistics
 import sys
 import time
@@ -403,6 +405,59 @@ def count_matmuls(fn, *args) -> int:
         return count
 
     return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+_COLLECTIVE = re.compile(
+    r"= (\(.*?\)|\S+) (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+    r"(?:-start)?\("
+)
+_CALLED = re.compile(
+    r"(body|to_apply|calls|condition|branch_computations)=\{?(%[\w.\-]+(?:, %[\w.\-]+)*)"
+)
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
+def _elements(shapes: str) -> int:
+    total = 0
+    for dims in re.findall(r"\w+\[([\d,]*)\]", shapes):
+        total += math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+def collective_elements(hlo: str) -> dict[str, int]:
+    """Elements of the results of a compiled program's collectives (all-reduce,
+    all-gather, reduce-scatter, all-to-all, collective-permute), by kind, each counted as
+    often as it runs: a collective in a loop body is multiplied by the loop's trip count
+    (and by those of the loops around it). ``hlo`` is ``compiled.as_text()``."""
+    calls: dict[str, list[tuple[str, int]]] = {}
+    own: dict[str, dict[str, int]] = {}
+    current = entry = ""
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            current = line.split()[1] if line.startswith("ENTRY") else line.split()[0]
+            entry = current if line.startswith("ENTRY") else entry
+            calls[current], own[current] = [], {}
+            continue
+        match = _COLLECTIVE.search(line)
+        if match and current:
+            kind = match.group(2)
+            own[current][kind] = own[current].get(kind, 0) + _elements(match.group(1))
+        trip = _TRIP_COUNT.search(line)
+        for called in _CALLED.finditer(line):
+            if called.group(1) == "body" and trip is None:
+                raise ValueError(f"a loop in {current} has no known trip count")
+            times = int(trip.group(1)) if called.group(1) == "body" and trip else 1
+            calls[current] += [(name, times) for name in called.group(2).split(", ")]
+    totals: dict[str, int] = {}
+
+    def visit(name: str, weight: int) -> None:
+        for kind, count in own.get(name, {}).items():
+            totals[kind] = totals.get(kind, 0) + count * weight
+        for callee, times in calls.get(name, []):
+            visit(callee, weight * times)
+
+    visit(entry, 1)
+    return totals
 
 
 TOP_K = 64

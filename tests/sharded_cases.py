@@ -4,6 +4,7 @@ Executed by tests/test_sharding.py in a subprocess, because the device count mus
 be set before JAX is first imported.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -21,9 +22,6 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jaxloss as jl  # noqa: E402
-from jaxloss import _linear  # noqa: E402
-
-DEFAULT_CHUNK_BYTES = _linear.CHUNK_BYTES
 
 N, H, V = 48, 16, 1024  # V appears in no other shape, so it identifies vocabulary-wide arrays
 
@@ -59,18 +57,36 @@ def loss_cases(x, y, t, weight):
     }
 
 
-# The unsharded value and gradient of each case, computed once for all layouts and modes.
+# The unsharded value and gradient of each case, computed once for all layouts.
 REFERENCES: dict[str, tuple] = {}
 
+# How users run sharded code: automatic sharding with sharded inputs and no mesh set,
+# automatic under jax.set_mesh, and explicit axis types under jax.set_mesh.
+MODES = {
+    "auto": (jax.sharding.AxisType.Auto, False),
+    "auto_mesh": (jax.sharding.AxisType.Auto, True),
+    "explicit": (jax.sharding.AxisType.Explicit, True),
+}
 
-def run(mode_name: str) -> None:
-    mode = getattr(jax.sharding.AxisType, mode_name)
+
+def in_mode(mesh, mode_name):
+    return jax.set_mesh(mesh) if MODES[mode_name][1] else contextlib.nullcontext()
+
+
+def inputs():
     keys = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(keys[0], (N, V))
     y = jax.random.randint(keys[1], (N,), 0, V).at[3].set(-100)
     t = jax.nn.softmax(jax.random.normal(keys[2], (N, V)))
     hidden = jax.random.normal(keys[3], (N, H))
     w = jax.random.normal(keys[2], (H, V)) / 4
+    return x, y, t, hidden, w
+
+
+def run_logit_losses(mode_name: str) -> None:
+    """The losses of logits, with the logits' tokens, vocabulary or both sharded."""
+    mode = MODES[mode_name][0]
+    x, y, t, _, _ = inputs()
     layouts = {
         "data": (jax.make_mesh((8,), ("d",), axis_types=(mode,)), P("d", None), P("d")),
         "vocab": (jax.make_mesh((8,), ("v",), axis_types=(mode,)), P(None, "v"), P()),
@@ -80,108 +96,127 @@ def run(mode_name: str) -> None:
             P("d"),
         ),
     }
+    # Class weights are V floats: kept replicated, every device looks up its rows' own.
+    weight = jnp.linspace(0.5, 1.0, V)
+    for name, (fn, _) in loss_cases(x, y, t, weight).items():
+        REFERENCES[name] = jax.jit(jax.value_and_grad(fn))(x)
     for layout, (mesh, logits_spec, row_spec) in layouts.items():
         put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
-        ys, ts = put(y, row_spec), put(t, logits_spec)
-        # Class weights are V floats: kept replicated, every device looks up its rows' own.
-        weight = jnp.linspace(0.5, 1.0, V)
-        for name, (fn, arg) in loss_cases(x, ys, ts, put(weight, P())).items():
-            sharded_arg = put(arg, logits_spec)
-            compiled = jax.jit(jax.value_and_grad(fn)).lower(sharded_arg).compile()
-            value, grad = compiled(sharded_arg)
-            if name not in REFERENCES:
-                ref_fn = loss_cases(x, y, t, weight)[name][0]
-                REFERENCES[name] = jax.jit(jax.value_and_grad(ref_fn))(x)
-            report(mode_name, layout, name, value, grad, *REFERENCES[name], compiled.as_text())
-        w_spec = P(None, logits_spec[1])
-        x_spec = P(logits_spec[0], None)
-        # The weight gradient is accumulated one vocabulary slice at a time when H x V is
-        # large; a small CHUNK_BYTES makes these small shapes take that path too.
-        linear_cases = [("mean", None, None), ("none", None, None), ("mean", 4096, None)]
-        if layout == "data":  # two passes slice the vocabulary: for a w that is not sharded
-            linear_cases.append(("mean", None, 2))
-        for reduction, chunk_bytes, passes in linear_cases:
-            _linear.CHUNK_BYTES = chunk_bytes or DEFAULT_CHUNK_BYTES
-            name = f"linear_cross_entropy_{reduction}" + ("_sliced" if chunk_bytes else "")
-            name += "_two_pass" if passes == 2 else ""
-
-            def linear(h, w, y, reduction=reduction, passes=passes):
-                out = jl.linear_cross_entropy(
-                    h,
-                    w,
-                    y,
-                    reduction=reduction,
-                    chunk_size=16,
-                    label_smoothing=0.1,
-                    passes=passes,
-                    vocab_chunk_size=384,
-                )
-                return jnp.sum(out)
-
-            step = jax.jit(jax.value_and_grad(linear, argnums=(0, 1)))
-            args = (put(hidden, x_spec), put(w, w_spec), ys)
-            compiled = step.lower(*args).compile()
-            value, grads = compiled(*args)
-            if name not in REFERENCES:
-                REFERENCES[name] = step(hidden, w, y)
-            report(mode_name, layout, name, value, grads, *REFERENCES[name], compiled.as_text())
-        _linear.CHUNK_BYTES = DEFAULT_CHUNK_BYTES
-        # The language-model options: token weights and packed sequences, and distillation.
-        teacher_w = w[::-1] / 2
-        token_cases = {
-            "linear_cross_entropy_sequence_mean": lambda h, w, y: jl.linear_cross_entropy(
-                h,
-                w,
-                y,
-                chunk_size=16,
-                token_weight=jnp.linspace(0.0, 1.0, N),
-                segment_ids=jnp.arange(N) % 5,
-                reduction="sequence_mean",
-            ),
-            "linear_kl_div": lambda h, w, y: jl.linear_kl_div(
-                h, w, h[::-1], teacher_w, targets=y, chunk_size=16, temperature=2.0
-            ),
-        }
-        for name, fn in token_cases.items():
-            step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
-            args = (put(hidden, x_spec), put(w, w_spec), ys)
-            compiled = step.lower(*args).compile()
-            value, grads = compiled(*args)
-            if name not in REFERENCES:
-                REFERENCES[name] = step(hidden, w, y)
-            report(mode_name, layout, name, value, grads, *REFERENCES[name], compiled.as_text())
+        with in_mode(mesh, mode_name):
+            ys, ts = put(y, row_spec), put(t, logits_spec)
+            for name, (fn, arg) in loss_cases(x, ys, ts, put(weight, P())).items():
+                sharded_arg = put(arg, logits_spec)
+                compiled = jax.jit(jax.value_and_grad(fn)).lower(sharded_arg).compile()
+                value, grad = compiled(sharded_arg)
+                report(mode_name, layout, name, value, grad, *REFERENCES[name], compiled.as_text())
 
 
-def data_parallel_normalizer() -> None:
-    """Data parallelism by hand (shard_map): each device's loss is normalized by the global
-    token count, and the sum of the devices' gradients is the full batch's gradient."""
-    mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+def fused_layouts(mode):
+    """Every layout that training uses for a language-model head: (mesh, x's spec, w's
+    spec, the targets' spec)."""
+    one = jax.make_mesh((8,), ("d",), axis_types=(mode,))
+    two = jax.make_mesh((2, 4), ("d", "v"), axis_types=(mode, mode))
+    return {
+        "data": (one, P("d", None), P(None, None), P("d")),
+        "fsdp": (one, P("d", None), P("d", None), P("d")),
+        "vocab_on_data": (one, P("d", None), P(None, "d"), P("d")),
+        "data+vocab": (two, P("d", None), P(None, "v"), P("d")),
+        "vocab": (one, P(None, None), P(None, "d"), P()),
+    }
+
+
+def fused_cases(y, bias, put_rows=lambda a: a):
+    """The fused losses in the options that change their loops; ``put_rows`` lays out
+    per-token inputs as the tokens are."""
+
+    def lce(**kwargs):
+        return lambda h, w: jnp.sum(jl.linear_cross_entropy(h, w, y, chunk_size=16, **kwargs))
+
+    def kl(**kwargs):
+        return lambda h, w: jl.linear_kl_div(h, w, targets=y, chunk_size=16, **kwargs)
+
+    topk_ids = (jnp.arange(N)[:, None] * 7 + jnp.arange(4)) % V
+    teacher_w = jax.random.normal(jax.random.key(5), (H, V)) / 4
+    return {
+        "linear_cross_entropy_mean": lce(label_smoothing=0.1, bias=bias, vocab_chunk_size=384),
+        "linear_cross_entropy_mean_one_pass": lce(label_smoothing=0.1, passes=1),
+        "linear_cross_entropy_none": lce(reduction="none", label_smoothing=0.1),
+        "linear_cross_entropy_sequence_mean": lce(
+            token_weight=jnp.linspace(0.0, 1.0, N),
+            segment_ids=jnp.arange(N) % 5,
+            reduction="sequence_mean",
+            z_loss=1e-3,
+            logit_softcap=5.0,
+        ),
+        "linear_kl_div": kl(teacher_x=jnp.ones((N, H)) / 4, teacher_w=teacher_w, temperature=2.0),
+        "linear_kl_div_topk": kl(
+            teacher_topk=put_rows((topk_ids, -jnp.arange(4.0) * jnp.ones((N, 1)))), passes=2
+        ),
+    }
+
+
+def run_fused_losses(mode_name: str) -> None:
+    """linear_cross_entropy and linear_kl_div in every layout: equal to one device."""
+    mode = MODES[mode_name][0]
+    _, y, _, hidden, w = inputs()
+    bias = jnp.linspace(-1.0, 1.0, V)
+    for name, fn in fused_cases(y, bias).items():
+        REFERENCES[name] = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(hidden, w)
+    for layout, (mesh, x_spec, w_spec, row_spec) in fused_layouts(mode).items():
+        put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
+        with in_mode(mesh, mode_name):
+            rows = lambda a: put(a, P(x_spec[0], None))  # noqa: E731
+            cases = fused_cases(put(y, row_spec), put(bias, P(w_spec[1])), rows)
+            for name, fn in cases.items():
+                args = (put(hidden, x_spec), put(w, w_spec))
+                step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+                try:
+                    compiled = step.lower(*args).compile()
+                except ValueError as error:
+                    print(json.dumps({"mode": mode_name, "layout": layout, "case": name,
+                                      "error": str(error)}), flush=True)  # fmt: skip
+                    continue
+                value, grads = compiled(*args)
+                report(mode_name, layout, name, value, grads, *REFERENCES[name], compiled.as_text())
+
+
+def data_parallel_normalizer(mode_name: str) -> None:
+    """Data parallelism by hand (the caller's own shard_map): each device's loss is
+    normalized by the global token count, and the sum of the devices' gradients is the
+    full batch's gradient; for linear_cross_entropy and linear_kl_div."""
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(MODES[mode_name][0],))
     keys = jax.random.split(jax.random.key(1), 3)
     hidden = jax.random.normal(keys[0], (N, H))
     w = jax.random.normal(keys[1], (H, V)) / 4
     y = jax.random.randint(keys[2], (N,), 0, V).at[:7].set(-100)  # unevenly kept
+    losses = {
+        "data_parallel_normalizer": jl.linear_cross_entropy,
+        "data_parallel_normalizer_kl": lambda h, w, y, **kw: jl.linear_kl_div(
+            h, w, h / 2, w[::-1], targets=y, **kw
+        ),
+    }
+    for name, loss in losses.items():
 
-    def per_device(h, w, y):
-        count = jax.lax.psum(jnp.sum(y != -100), "d")
-        loss, grads = jax.value_and_grad(jl.linear_cross_entropy, (0, 1))(
-            h, w, y, normalizer=count, chunk_size=4
-        )
-        # w is the same on every device: shard_map's transpose already sums its gradient
-        # over the devices (the all-reduce of data parallelism).
-        return jax.lax.psum(loss, "d"), grads[0], grads[1]
+        def per_device(h, w, y, loss=loss):
+            count = jax.lax.psum(jnp.sum(y != -100), "d")
+            value, grads = jax.value_and_grad(loss, (0, 1))(h, w, y, normalizer=count, chunk_size=4)
+            # w is the same on every device: shard_map's transpose already sums its
+            # gradient over the devices (the all-reduce of data parallelism).
+            return jax.lax.psum(value, "d"), grads[0], grads[1]
 
-    step = jax.jit(
-        jax.shard_map(
-            per_device,
-            mesh=mesh,
-            in_specs=(P("d"), P(), P("d")),
-            out_specs=(P(), P("d"), P()),
+        step = jax.jit(
+            jax.shard_map(
+                per_device,
+                mesh=mesh,
+                in_specs=(P("d"), P(), P("d")),
+                out_specs=(P(), P("d"), P()),
+            )
         )
-    )
-    value, grad_h, grad_w = step(hidden, w, y)
-    ref_value, ref_grads = jax.value_and_grad(jl.linear_cross_entropy, (0, 1))(hidden, w, y)
-    report("Auto", "shard_map", "data_parallel_normalizer", value, (grad_h, grad_w),
-           ref_value, ref_grads, "")  # fmt: skip
+        ref_value, ref_grads = jax.value_and_grad(loss, (0, 1))(hidden, w, y)
+        put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
+        with in_mode(mesh, mode_name):
+            value, grad_h, grad_w = step(put(hidden, P("d")), put(w, P()), put(y, P("d")))
+        report(mode_name, "shard_map", name, value, (grad_h, grad_w), ref_value, ref_grads, "")
 
 
 ALL_REDUCE = re.compile(r"= (\(.*?\)|\S+) all-reduce(?:-start)?\(")
@@ -206,28 +241,18 @@ def all_reduced_floats(hlo: str) -> dict[str, int]:
 
 
 def communication() -> None:
-    """The all-reduced elements of each loss on a (data=2, vocab=4) mesh, for the
-    per-step formulas of docs/sharding.md."""
+    """The all-reduced elements of the losses of logits on a (data=2, vocab=4) mesh, for
+    the per-step formulas of docs/sharding.md (the fused losses: communication_cases.py)."""
     mesh = jax.make_mesh((2, 4), ("data", "vocab"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     put = lambda a, *spec: jax.device_put(a, NamedSharding(mesh, P(*spec)))  # noqa: E731
     keys = jax.random.split(jax.random.key(2), 3)
     y = put(jax.random.randint(keys[0], (N,), 0, V), "data")
     logits = put(jax.random.normal(keys[1], (N, V)), "data", "vocab")
-    hidden = put(jax.random.normal(keys[2], (N, H)), "data", None)
-    w = put(jnp.ones((H, V)) / H, None, "vocab")
     cases = {
         "cross_entropy": (lambda x: jl.cross_entropy(x, y), (logits,)),
         "cross_entropy_smoothing": (
             lambda x: jl.cross_entropy(x, y, label_smoothing=0.1),
             (logits,),
-        ),
-        "linear_cross_entropy": (
-            lambda h, w: jl.linear_cross_entropy(h, w, y, chunk_size=8),
-            (hidden, w),
-        ),
-        "linear_kl_div": (
-            lambda h, w: jl.linear_kl_div(h, w, h[::-1], w[:, ::-1], chunk_size=8),
-            (hidden, w),
         ),
     }
     for name, (fn, args) in cases.items():
@@ -257,7 +282,10 @@ def report(mode, layout, name, value, grad, ref_value, ref_grad, hlo):
 
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
-    for mode_name in sys.argv[1:] or ["Auto", "Explicit"]:
-        run(mode_name)
-    data_parallel_normalizer()
-    communication()
+    part, mode_name = sys.argv[1:3]
+    if part == "logits":
+        run_logit_losses(mode_name)
+        communication()
+    elif part == "fused":
+        run_fused_losses(mode_name)
+        data_parallel_normalizer(mode_name)

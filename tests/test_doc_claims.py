@@ -27,7 +27,7 @@ import pytest
 
 import jaxloss as jl
 from jaxloss import benchmark
-from jaxloss._linear import CHUNK_BYTES, auto_chunk_size
+from jaxloss._fused.engine import CHUNK_BYTES, auto_chunk_size
 from tests import builders as build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -382,10 +382,13 @@ def matmul_counts():
 @claim(
     "docs/large-vocab.md",
     "`passes=None` (the default) takes two passes when `w` is",
-    "bfloat16 or float16 and its vocabulary axis is known to be whole on every device",
+    "bfloat16 or float16, and wherever the tokens may be split over devices (more than one",
 )
 def default_passes():
-    from jaxloss._linear import auto_passes
+    from jaxloss._fused.engine import Config
+
+    def auto_passes(x, w):
+        return Config.resolve(x, w).passes
 
     x32, w32 = jnp.ones((4, 8)), jnp.ones((8, 32))
     assert auto_passes(x32, w32) == 1
@@ -397,11 +400,11 @@ def default_passes():
 
 @claim(
     "docs/large-vocab.md",
-    "The second pass's slice width defaults to as many columns as fit a float32",
-    "slice of $\\partial L/\\partial W$ in 16 MiB or in 1/64 of the gradient's bytes,",
+    "choose. On one device, the second pass's slice width defaults to as many columns as",
+    "fit a float32 slice of $\\partial L/\\partial W$ in 16 MiB or in 1/64 of the gradient's bytes,",
 )
 def default_vocab_chunk():
-    from jaxloss._linear import auto_vocab_chunk_size
+    from jaxloss._fused.engine import auto_vocab_chunk_size
 
     for hidden, vocab, itemsize in ((512, 65536, 2), (2304, 256000, 2), (4096, 131072, 4)):
         width = auto_vocab_chunk_size(hidden, vocab, itemsize)
@@ -636,7 +639,8 @@ LAYERS = {
     "_softmax": 1,
     "_xent": 2,
     "_classification": 3,
-    "_linear": 3,
+    "_fused": 3,
+    "_linear": 4,
     "_binary": 3,
     "_divergence": 3,
     "_distill": 4,
@@ -647,25 +651,27 @@ LAYERS = {
 @claim(
     "docs/architecture.md",
     "Imports run one way: `_checks` and `_reduce` at the bottom, then `_softmax`, then",
-    "`_xent`, then the public loss modules, which import nothing from each other, except",
-    "`_distill`, which builds on `_linear`'s chunking, and `_focal`, which builds on",
-    "`_binary`'s softplus terms; those two sit above the rest.",
+    "`_xent`, then the fused engine (`_fused/`) and the public loss modules, which import",
+    "nothing from each other, except `_linear` and `_distill`, the engine's two heads, and",
+    "`_focal`, which builds on `_binary`'s softplus terms; those three sit above the rest.",
 )
 def import_layers():
     for name, layer in LAYERS.items():
-        tree = ast.parse((ROOT / "jaxloss" / f"{name}.py").read_text())
+        package = ROOT / "jaxloss" / name
+        files = sorted(package.glob("*.py")) if package.is_dir() else [package.with_suffix(".py")]
         imported = set()
-        for node in ast.walk(tree):
+        for node in (n for f in files for n in ast.walk(ast.parse(f.read_text()))):
             if isinstance(node, ast.ImportFrom) and node.module == "jaxloss":
                 imported |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxloss."):
                 imported.add(node.module.split(".")[1])
-        for other in imported:
+        for other in imported - {name}:
             assert LAYERS[other] < layer or {name, other} <= {"_checks", "_reduce"}, (
                 name,
                 other,
             )
-    assert set(LAYERS) == {p.stem for p in (ROOT / "jaxloss").glob("_*.py")} - {"__init__"}
+    modules = {p.stem for p in (ROOT / "jaxloss").glob("_*.py")} - {"__init__"}
+    assert set(LAYERS) == modules | {"_fused"}
 
 
 @claim("README.md", "The core depends on `jax` alone (0.8.0 or newer;")

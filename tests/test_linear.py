@@ -80,7 +80,7 @@ def test_value_and_gradients_equal_unfused(
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_weight_gradient_accumulated_in_vocabulary_slices(x64, monkeypatch, reduction):
-    from jaxloss import _linear
+    from jaxloss._fused import engine as _linear
 
     x, w, b, y = build.linear_problem(v=32)
     # 1024 bytes of chunk: slices of a quarter, 256 bytes of an H = 8 gradient, 8 columns.
@@ -303,7 +303,7 @@ def test_compiled_temporary_memory_stays_below_the_logits():
 
 
 def test_auto_chunk_size_bounds_one_chunk_of_logits():
-    from jaxloss._linear import CHUNK_BYTES, auto_chunk_size
+    from jaxloss._fused.engine import CHUNK_BYTES, auto_chunk_size
 
     for n, v in [(8192, 65536), (8192, 128256), (100, 50), (3, 1_000_000)]:
         chunk = auto_chunk_size(n, v)

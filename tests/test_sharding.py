@@ -1,5 +1,10 @@
-"""Losses on 8 host CPU devices: equal to the unsharded results, and no
-vocabulary-wide all-gather in the compiled program (tests/sharded_cases.py)."""
+"""Losses on 8 host CPU devices (subprocesses: the device count is fixed at start), in
+the three modes users run: automatic sharding with sharded inputs and no mesh set
+("auto"), automatic under ``jax.set_mesh`` ("auto_mesh"), and explicit axis types under
+``jax.set_mesh`` ("explicit").
+
+tests/sharded_cases.py runs the losses and compares them with one device;
+tests/communication_cases.py counts the collectives of the compiled programs."""
 
 import json
 import os
@@ -7,66 +12,129 @@ import pathlib
 import subprocess
 import sys
 
-SCRIPT = pathlib.Path(__file__).with_name("sharded_cases.py")
-ROOT = SCRIPT.parents[1]
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+ROOT = HERE.parent
+MODES = ["auto", "auto_mesh", "explicit"]
 
 
-def run_sharded_cases():
+def run_script(name, *args):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=900, env=env
+        [sys.executable, str(HERE / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-def test_sharded_losses_equal_unsharded_without_vocabulary_wide_all_gathers():
-    """One run of the 8-device script (a subprocess: the device count is fixed at start)."""
-    lines = run_sharded_cases()
-    results = [r for r in lines if "communication" not in r]
-    check_communication_formulas({r["communication"]: r for r in lines if "communication" in r})
-    seen = {(r["mode"], r["layout"]) for r in results if r["layout"] != "shard_map"}
-    assert seen == {
-        (m, lay) for m in ("Auto", "Explicit") for lay in ("data", "vocab", "data+vocab")
-    }
-    cases = {r["case"] for r in results}
-    assert {
-        "cross_entropy",
-        "linear_cross_entropy_mean",
-        "linear_cross_entropy_none",
-        "linear_cross_entropy_mean_sliced",
-        "linear_cross_entropy_mean_two_pass",
-    } <= cases
-    # 14 cases per mode and layout, two passes where w is not sharded, and data parallelism
-    # by hand (shard_map) with a global normalizer.
-    assert len(results) == 2 * (3 * 14 + 1) + 1
-    assert {
-        "cross_entropy_sequence_mean",
-        "linear_cross_entropy_sequence_mean",
-        "linear_kl_div",
-        "data_parallel_normalizer",
-    } <= cases
+def check_agreement(results):
     for r in results:
         scale = max(1.0, abs(r["value"]))
         assert r["value_error"] <= 1e-5 * scale, r
         assert r["grad_error"] <= 1e-5, r
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_logit_losses_equal_unsharded_without_vocabulary_wide_all_gathers(mode):
+    lines = run_script("sharded_cases.py", "logits", mode)
+    results = [r for r in lines if "communication" not in r]
+    if mode == "auto":
+        check_communication_formulas({r["communication"]: r for r in lines if "communication" in r})
+    assert {r["layout"] for r in results} == {"data", "vocab", "data+vocab"}
+    assert len(results) == 3 * 9
+    check_agreement(results)
     offenders = [r for r in results if r["vocab_wide_all_gathers"]]
     assert not offenders, offenders[:3]
-    # The fused losses keep each device's tokens where they are: no all-gather at all
-    # (packed sequences excepted: their per-token ids are gathered for the sort).
-    fused = [r for r in results if r["case"].startswith("linear") and "sequence" not in r["case"]]
-    assert fused and not [r for r in fused if r["all_gathers"]], fused[:3]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_losses_equal_one_device_in_every_layout(mode):
+    results = run_script("sharded_cases.py", "fused", mode)
+    layouts = {"data", "fsdp", "vocab_on_data", "data+vocab", "vocab", "shard_map"}
+    assert {r["layout"] for r in results} == layouts
+    assert len(results) == 5 * 6 + 2
+    errors = [r for r in results if "error" in r]
+    # Explicit sharding cannot multiply tokens and vocabulary split over one axis (nor
+    # can x @ w): the error says which reshard to do. Every other case runs.
+    if mode == "explicit":
+        assert {r["layout"] for r in errors} == {"vocab_on_data"} and len(errors) == 6
+        assert all("reshard" in r["error"] and "'d'" in r["error"] for r in errors)
+    else:
+        assert not errors
+    computed = [r for r in results if "error" not in r]
+    check_agreement(computed)
+    # No vocabulary-wide gather but that of an FSDP-sharded w (once, before the loops).
+    offenders = [r for r in computed if r["vocab_wide_all_gathers"] and r["layout"] != "fsdp"]
+    assert not offenders, offenders[:3]
+    fsdp = [r for r in computed if r["layout"] == "fsdp" and "one_pass" not in r["case"]]
+    assert all(len(r["vocab_wide_all_gathers"]) <= 2 for r in fsdp), fsdp
+    # Tokens and w's rows stay where they are where their axes differ: no all-gather.
+    whole = [r for r in computed if r["layout"] in ("data", "data+vocab", "vocab")]
+    plain = [r for r in whole if "sequence" not in r["case"] and "topk" not in r["case"]]
+    assert plain and not [r for r in plain if r["all_gathers"]], plain[:3]
+
+
+def communication_ratios(lines):
+    ratios = {}
+    for r in lines:
+        if isinstance(r["fused"], str):
+            assert r["mode"] == "explicit" and r["layout"] == "vocab_on_data", r
+            assert "reshard" in r["fused"] and isinstance(r["unfused"], str), r
+            continue
+        ratios[r["mode"], r["layout"], r["dtype"], r["loss"]] = r["fused"] / r["unfused"]
+    return ratios
+
+
+# Tokens and w's vocabulary split over the same axis: the partitioner moves blocks of
+# x's chunks between devices in every chunk; and a top-k teacher's scatter. Both
+# measured and documented in docs/sharding.md as short of the unfused loss's level.
+SAME_AXIS_LIMIT = 2.1
+TOP_K_LIMIT = 2.3
+
+
+def limit(key):
+    if key[3] == "linear_kl_div_topk":
+        return TOP_K_LIMIT
+    return SAME_AXIS_LIMIT if key[1] == "vocab_on_data" else 1.1
+
+
+def test_fused_losses_communicate_as_the_unfused_loss_at_the_training_shape():
+    """8,192 tokens per device, H = 1,024, V = 32,768, bfloat16, under jax.set_mesh:
+    collective elements (loops weighted by trip count) of value and gradients, against
+    the unfused loss in the same layout."""
+    ratios = communication_ratios(run_script("communication_cases.py", "large"))
+    assert {key[1] for key in ratios} == {"data", "fsdp", "vocab_on_data", "data+vocab", "vocab"}
+    for key, ratio in ratios.items():
+        if key[3] == "linear_cross_entropy_one_pass":
+            continue  # one pass reduces dw per chunk on several devices (documented)
+        assert ratio <= limit(key), (key, ratio)
+    # One pass accumulates the weight gradient over token chunks: with the tokens split
+    # over devices the partitioner reduces it in every chunk.
+    assert ratios["auto_mesh", "data", "bfloat16", "linear_cross_entropy_one_pass"] > 100
+
+
+def test_fused_losses_compile_in_every_layout_mode_and_dtype():
+    """The whole matrix at a small shape (compiles only): every layout, mode and dtype
+    compiles, and each weight gradient crosses the network a bounded number of times."""
+    ratios = communication_ratios(run_script("communication_cases.py", "matrix"))
+    assert len({key[:3] for key in ratios}) == 3 * 5 * 2 - 2
+    for key, ratio in ratios.items():
+        if key[3] != "linear_cross_entropy_one_pass":
+            assert ratio <= max(limit(key), SAME_AXIS_LIMIT), (key, ratio)
 
 
 def check_communication_formulas(measured):
-    """docs/sharding.md's per-device all-reduce volumes, against the compiled programs on
-    a (data=2, vocab=4) mesh: N = 48 tokens, H = 16, V = 1024, chunks of c = 8."""
-    n, h, v, c, d, m = 48, 16, 1024, 8, 2, 4
+    """docs/sharding.md's per-device all-reduce volumes of the losses of logits, against
+    the compiled programs on a (data=2, vocab=4) mesh: N = 48 tokens, V = 1024."""
+    n, d = 48, 2
     want = {
         "cross_entropy": {"loop": 0, "once": 3 * n // d + 2},
         "cross_entropy_smoothing": {"loop": 0, "once": 5 * n // d + 2},
-        # Per chunk: over "vocab" 3c/D + cH/D, over "data" HV/M and the partial loss.
-        "linear_cross_entropy": {"loop": 3 * c // d + c * h // d + h * v // m + 1, "once": 1},
-        "linear_kl_div": {"loop": 6 * c // d + c * h // d + h * v // m + 1, "once": 0},
     }
-    assert {k: {"loop": r["loop"], "once": r["once"]} for k, r in measured.items()} == want
+    got = {k: {"loop": r["loop"], "once": r["once"]} for k, r in measured.items()}
+    assert {k: got[k] for k in want} == want

@@ -1,0 +1,470 @@
+"""The loops of the fused losses, written once against a ``Head``.
+
+For ``"mean"``, ``"sum"`` and ``"sequence_mean"`` the loss is ``L = sum_n c_n l_n``
+with fixed token factors ``c``, whose gradient is the same for any upstream cotangent
+up to a scale. ``fused_sum``'s JVP rule therefore forms ``dL/dx``, ``dL/dw`` and
+``dL/dbias`` while the logits are at hand and returns the tangent as their inner
+product with the input tangents; reverse mode needs nothing more. Two ways:
+
+* one pass over the token chunks, three matmuls, ``dL/dw`` summed over the chunks in
+  an ``H x V`` buffer of the accumulation dtype;
+* two passes: the token chunks for the loss, the per-token values the gradient needs
+  (``Head.saved_width`` of them) and ``dL/dx``; then the vocabulary in slices, each
+  slice of ``dL/dw`` formed from all the tokens and written once. One matmul more
+  (per head matmul), and no ``H x V`` or ``N x V`` buffer. With the tokens spread
+  over devices each slice is formed from all of a device's tokens in one product, so
+  that the partitioner reduces each block of ``dL/dw`` over the devices once: the
+  weight gradient crosses the network once per step, whatever the layout.
+
+``per_token_loss`` serves ``"none"``: each chunk is recomputed in the backward pass
+(``jax.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss._fused.chunking import Chunks, Columns, ColumnSlice, loop_variant, spread_over_devices
+from jaxloss._reduce import compute_dtype, explicit_sharding, is_zero, varying_zero
+from jaxloss._xent import Fill
+
+# One chunk's float32 logits take at most this many bytes unless chunk_size says otherwise:
+# a few chunk-sized temporaries then stay small next to the weight gradient.
+CHUNK_BYTES = 16 * 2**20
+
+
+def accumulation_dtype(x, w) -> jnp.dtype:
+    """float32 for 16-bit operands (float64 for float64): logits, softmax statistics
+    and the weight gradient accumulate in it."""
+    return compute_dtype(jnp.promote_types(x.dtype, w.dtype))
+
+
+def auto_chunk_size(num_tokens: int, vocab_size: int) -> int:
+    """The largest power of two of rows whose float32 logits fit ``CHUNK_BYTES`` (at least 8)."""
+    rows = max(8, CHUNK_BYTES // (4 * vocab_size))
+    rows = 2 ** int(math.log2(rows))
+    return max(1, min(rows, 2 ** math.ceil(math.log2(max(num_tokens, 1)))))
+
+
+def auto_vocab_chunk_size(hidden: int, vocab: int, weight_itemsize: int) -> int:
+    """Columns per step of the second pass on one device: as many as fit a float32
+    ``dw`` slice (``width x H``) in ``CHUNK_BYTES`` or in 1/64 of the weight gradient's
+    bytes, whichever is larger, in multiples of 128 (or the whole vocabulary)."""
+    budget = max(CHUNK_BYTES, hidden * vocab * weight_itemsize // 64)
+    columns = max(128, budget // (4 * hidden) // 128 * 128)
+    return min(vocab, columns)
+
+
+def spread_vocab_chunk_size(rows: int, vocab: int, requested: int | None = None) -> int:
+    """Columns per step of the second pass with the tokens spread over devices, where
+    each step multiplies all the tokens by the slice.
+
+    At most ``requested``, or else as many as keep a device's share of the step's float32
+    logits (all rows over the devices) within ``CHUNK_BYTES``; a multiple of
+    ``g = gcd(V, devices)`` that divides ``V``, so that interleaved slices of a ``w``
+    whose vocabulary is split over any number of its devices keep each shard's columns
+    on their device (at least ``g``).
+    """
+    devices = jax.device_count()
+    unit = math.gcd(vocab, devices)
+    if requested is None:
+        requested = max(128, CHUNK_BYTES * devices // (4 * max(rows, 1)))
+    multiples = vocab // unit
+    best = max(d for d in _divisors(multiples) if d * unit <= max(requested, unit))
+    return best * unit
+
+
+def _divisors(m: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(m) + 1) if m % d == 0]
+    return small + [m // d for d in small]
+
+
+def vocab_slice_size(vocab: int, hidden: int) -> int:
+    """One pass: a divisor of ``vocab`` near ``CHUNK_BYTES / (16 hidden)``, else ``vocab``
+    (no slicing): a float32 slice of the weight gradient a quarter of a chunk's logits."""
+    target = max(1, CHUNK_BYTES // (16 * hidden))
+    if target >= vocab:
+        return vocab
+    best = max(d for d in range(1, target + 1) if vocab % d == 0)
+    return best if best * 8 >= target else vocab
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The tuning knobs of a fused loss, resolved before tracing (they key ``jit``'s cache).
+
+    ``chunk_size``: tokens per chunk. ``passes``: 1 or 2 (see the module).
+    ``vocab_chunk_size``: vocabulary columns per step of the second pass.
+    ``vocab_slice``: one pass, columns of the weight gradient added per inner step.
+    """
+
+    chunk_size: int
+    passes: int
+    vocab_chunk_size: int
+    vocab_slice: int
+
+    @classmethod
+    def resolve(cls, x, w, *, chunk_size=None, passes=None, vocab_chunk_size=None) -> Config:
+        """Fills in the defaults for hidden states ``x`` ``[..., H]`` and ``w`` ``[H, V]``.
+
+        Two passes by default where the tokens may be spread over devices (so that the
+        weight gradient is reduced once) or where ``w`` is narrower than the
+        accumulation dtype (one pass would need an ``H x V`` float32 buffer, twice the
+        gradient); otherwise one.
+        """
+        hidden, vocab = w.shape
+        num_tokens = math.prod(x.shape[:-1])
+        chunk = int(chunk_size or auto_chunk_size(num_tokens, vocab))
+        spread = spread_over_devices(x)
+        if passes is None:
+            narrow = jnp.dtype(w.dtype).itemsize < jnp.dtype(accumulation_dtype(x, w)).itemsize
+            passes = 2 if spread or narrow else 1
+        if spread:
+            rows = -(-max(num_tokens, 1) // chunk) * chunk
+            width = spread_vocab_chunk_size(rows, vocab, vocab_chunk_size)
+        else:
+            width = vocab_chunk_size or auto_vocab_chunk_size(hidden, vocab, w.dtype.itemsize)
+        return cls(chunk, passes, int(min(width, vocab)), vocab_slice_size(vocab, hidden))
+
+
+class HeadTerms(NamedTuple):
+    """What a head computes from one chunk's raw logits for the gradients."""
+
+    loss: jax.Array  # [c]
+    grad: jax.Array  # [c, V]: d(loss_n)/d(z_n), 0 on tokens that are not counted
+    saved: jax.Array  # [c, saved_width]: what column_grad needs from the whole row
+    stats: jax.Array  # [c, stats_width]: per-token statistics for logging
+
+
+class Head(Protocol):
+    """A fused loss, per chunk of tokens, from the raw logits ``z = x @ w + bias``
+    (accumulation dtype). ``tokens`` are the head's per-token arrays (a pytree of
+    ``[c, ...]`` arrays, zero-padded), ``params`` its other (constant) inputs."""
+
+    @property
+    def saved_width(self) -> int: ...
+
+    @property
+    def stats_width(self) -> int: ...
+
+    def counted(self, tokens, params) -> jax.Array:
+        """``[c]`` bool: the tokens whose loss can be nonzero (the others' rows of
+        ``x`` are zeroed before any product, so they pass no gradient)."""
+        ...
+
+    def loss(self, z, tokens, params) -> tuple[jax.Array, jax.Array]:
+        """Per-token losses (differentiable in ``z``) and statistics."""
+        ...
+
+    def loss_and_grad(self, z, tokens, params, fill: Fill) -> HeadTerms: ...
+
+    def column_grad(self, z, tokens, saved, params, cols: ColumnSlice, fill: Fill) -> jax.Array:
+        """``grad`` of ``loss_and_grad`` for the columns ``cols`` from their logits
+        ``z`` ``[c, width]`` and the row's ``saved`` values."""
+        ...
+
+
+def check_layout(x, w) -> None:
+    """Under explicit sharding, tokens and vocabulary on one mesh axis cannot be
+    multiplied (nor can they in ``x @ w``): say which reshard makes it work."""
+    xs, ws = explicit_sharding(x), explicit_sharding(w)
+    if xs is None or ws is None:
+        return
+    token_axes = set(jax.tree.leaves([s for s in xs.spec[: x.ndim - 1]]))
+    vocab_axes = set(jax.tree.leaves(ws.spec[1:2]))
+    shared = token_axes & vocab_axes
+    if shared:
+        raise ValueError(
+            f"x's tokens and w's vocabulary are both sharded over mesh axis {sorted(shared)}: "
+            "reshard one of them (e.g. jax.sharding.reshard(w, P(None, None)), or put the "
+            "tokens on another axis), as x @ w would need too"
+        )
+
+
+def _whole_hidden(w, spread: bool):
+    """``w`` with its hidden axis whole on every device, and a function that returns a
+    gradient to ``w``'s sharding.
+
+    An FSDP-sharded ``w`` (hidden axis split) is gathered once here, before the loops:
+    left to the partitioner, the gather would happen in every chunk. Under explicit
+    sharding the spec says which axes to gather. Under automatic sharding the layout
+    cannot be seen while tracing: with a mesh set (``jax.set_mesh``) a constraint asks
+    for the hidden axis whole and leaves the vocabulary axis to the partitioner (a
+    no-op for any other layout); with none set there is no mesh to name, and the
+    partitioner decides.
+    """
+    sharding = explicit_sharding(w)
+    if sharding is None:
+        mesh = jax.sharding.get_abstract_mesh()
+        if not spread or mesh.empty:
+            return w, lambda g: g
+        whole = jax.sharding.NamedSharding(mesh, jax.P(None, jax.P.UNCONSTRAINED))
+        return jax.lax.with_sharding_constraint(w, whole), lambda g: g
+    if len(sharding.spec) == 0 or sharding.spec[0] is None:
+        return w, lambda g: g
+    vocab_spec = sharding.spec[1] if len(sharding.spec) > 1 else None
+    whole = jax.sharding.NamedSharding(sharding.mesh, jax.P(None, vocab_spec))
+    return jax.sharding.reshard(w, whole), lambda g: jax.sharding.reshard(g, sharding)
+
+
+def _logits(x_c, w, bias, acc):
+    z = jnp.matmul(x_c, w, preferred_element_type=acc)
+    return z if bias is None else z + bias.astype(acc)
+
+
+def _loop_fill(acc, i) -> Fill:
+    # Tied to the loop index: XLA's CPU backend would move the broadcast of a constant
+    # to a chunk's shape out of the loop, where it stays alive as a chunk-sized buffer.
+    return loop_variant(Fill(jnp.zeros((), acc), jnp.full((), jnp.nan, acc)), i)
+
+
+def _hidden_grad(g, w, x_c):
+    """``g @ w.T`` with float32 sums, contracting w's vocabulary axis in place: ``g @ w.T``
+    written out would have XLA keep a transposed copy of w (V x H) alive for the loop.
+    Under explicit sharding the product names its output's sharding, that of x."""
+    return jax.lax.dot_general(
+        g,
+        w,
+        (((1,), (1,)), ((), ())),
+        preferred_element_type=accumulation_dtype(x_c, w),
+        out_sharding=explicit_sharding(x_c),
+    )
+
+
+def _add_weight_grad(dw, x_c, g, acc_dtype, slice_size):
+    """``dw + x_c.T @ g``, one vocabulary slice at a time inside a loop when possible.
+
+    XLA keeps a matmul's result apart from the accumulator it is added to, so the
+    whole product would be a second ``H x V`` buffer; a slice's product is only
+    ``H x slice``, and the loop updates ``dw`` in place.
+    """
+    vocab = dw.shape[1]
+    sharding = explicit_sharding(dw)
+    vocab_sharded = sharding is not None and len(sharding.spec) > 1 and sharding.spec[1]
+    if slice_size >= vocab or vocab_sharded or (sharding is None and jax.device_count() > 1):
+        return dw + jnp.matmul(x_c.T, g, preferred_element_type=acc_dtype, out_sharding=sharding)
+
+    def add_slice(i, dw):
+        start = i * slice_size
+        g_i = jax.lax.dynamic_slice_in_dim(g, start, slice_size, axis=1)
+        part = jnp.matmul(x_c.T, g_i, preferred_element_type=acc_dtype, out_sharding=sharding)
+        old = jax.lax.dynamic_slice_in_dim(dw, start, slice_size, axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(dw, old + part, start, axis=1)
+
+    return jax.lax.fori_loop(0, vocab // slice_size, add_slice, dw)
+
+
+class _TokenPass(NamedTuple):
+    total: jax.Array  # sum_n c_n l_n
+    stats: jax.Array  # [n, stats_width]
+    dx: Any = None  # [n, H]
+    dw: Any = None  # one pass: [H, V], accumulation dtype
+    db: Any = None  # one pass: [V]
+    saved: Any = None  # two passes: [rows, saved_width], padded rows
+
+
+def _token_pass(head: Head, x, w, bias, tokens, params, token_scale, config: Config, grads: int):
+    """The loop over token chunks: the scaled loss and statistics (``grads=0``), with the
+    gradients of x, w and bias (``grads=1``, one pass), or with the gradient of x and
+    the per-token values of the second pass (``grads=2``)."""
+    n = x.shape[0]
+    acc = accumulation_dtype(x, w)
+    matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
+    chunks = Chunks.of(n, config.chunk_size, spread_over_devices(x))
+    scale_rows = chunks.pad(token_scale.astype(acc))
+    xs, cs = chunks.view(chunks.pad(x)), chunks.view(scale_rows)
+    ts = jax.tree.map(lambda a: chunks.view(chunks.pad(a)), tokens)
+    zero = varying_zero(acc, x, w, bias, tokens, params, token_scale)
+    carry = _TokenPass(zero, chunks.buffer(scale_rows, acc, head.stats_width) + zero)
+    if grads:
+        carry = carry._replace(dx=jnp.zeros_like(xs) + zero.astype(xs.dtype))
+    if grads == 1:
+        db = None if bias is None else jnp.zeros_like(bias, dtype=acc) + zero
+        carry = carry._replace(dw=jnp.zeros_like(w, dtype=acc) + zero, db=db)
+    if grads == 2:
+        carry = carry._replace(saved=chunks.buffer(scale_rows, acc, head.saved_width) + zero)
+
+    def body(i, carry: _TokenPass) -> _TokenPass:
+        x_c, scale_c = chunks.take(xs, i), chunks.take(cs, i)
+        tokens_c = jax.tree.map(lambda a: chunks.take(a, i), ts)
+        fill = _loop_fill(acc, i)
+        x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, fill.zero.astype(x_c.dtype))
+        z = _logits(x_c, w, bias, acc)
+        if not grads:
+            loss, stats = head.loss(z, tokens_c, params)
+            total = carry.total + jnp.sum(loss * scale_c)
+            return carry._replace(total=total, stats=chunks.put(carry.stats, i, stats))
+        terms = head.loss_and_grad(z, tokens_c, params, fill)
+        g = terms.grad * scale_c[:, None]
+        g_mm = g.astype(matmul_dtype)
+        carry = carry._replace(
+            total=carry.total + jnp.sum(terms.loss * scale_c),
+            stats=chunks.put(carry.stats, i, terms.stats),
+            dx=chunks.put(carry.dx, i, _hidden_grad(g_mm, w, x_c)),
+        )
+        if grads == 2:
+            return carry._replace(saved=chunks.put(carry.saved, i, terms.saved))
+        dw = _add_weight_grad(carry.dw, x_c, g_mm, acc, config.vocab_slice)
+        db = None if carry.db is None else carry.db + jnp.sum(g, axis=0)
+        return carry._replace(dw=dw, db=db)
+
+    carry = jax.lax.fori_loop(0, chunks.count, body, carry)
+    saved = None if carry.saved is None else chunks.unview(carry.saved)
+    dx = None if carry.dx is None else chunks.unview(carry.dx, n)
+    return carry._replace(stats=chunks.unview(carry.stats, n), dx=dx, saved=saved)
+
+
+def _weight_pass(head: Head, x, w, bias, tokens, params, token_scale, saved, config: Config):
+    """Pass 2: ``dL/dw`` (in w's dtype) and ``dL/dbias`` from the padded rows of pass 1.
+
+    The vocabulary is walked in slices; for each, the tokens in groups (pass 1's chunks,
+    as many as fit ``CHUNK_BYTES``; all of them at once when spread over devices, so that
+    a slice's product over the tokens is reduced over devices once): the slice's logits
+    and logit gradient, and the group's share of the slice's ``dw``, summed in float32
+    and written once.
+    """
+    acc = accumulation_dtype(x, w)
+    matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
+    rows, vocab = x.shape[0], w.shape[1]
+    spread = spread_over_devices(x)
+    columns = Columns(vocab, min(config.vocab_chunk_size, vocab), spread)
+    group = rows
+    if not spread:
+        per_group = max(1, CHUNK_BYTES // (4 * columns.width * config.chunk_size))
+        count = rows // config.chunk_size
+        group = config.chunk_size * max(
+            d for d in range(1, min(count, per_group) + 1) if count % d == 0
+        )
+    groups = Chunks(rows // group, group, False)
+    views = jax.tree.map(groups.view, (x, tokens, token_scale.astype(acc), saved))
+    wv = columns.view(w)
+    bv = None if bias is None else columns.view(bias.astype(acc))
+    zero = varying_zero(acc, x, w, bias, tokens, params, token_scale)
+
+    def slice_grads(cols: ColumnSlice):
+        # Everything tied to the slice: XLA would otherwise precompute the parts of the
+        # group loop that do not depend on the slice, for all groups at once.
+        views_ = loop_variant(views, cols.j)
+        w_j = cols.take(loop_variant(wv, cols.j))
+        b_j = None if bv is None else cols.take(bv)
+        sharding = explicit_sharding(w_j)
+
+        def group_body(k, carry):
+            dw_j, db_j = carry
+            x_g, tokens_g, scale_g, saved_g = jax.tree.map(lambda a: groups.take(a, k), views_)
+            fill = _loop_fill(acc, (k, cols.j))
+            keep = head.counted(tokens_g, params)[:, None]
+            x_g = jnp.where(keep, x_g, fill.zero.astype(x_g.dtype))
+            z = _logits(x_g, w_j, b_j, acc)
+            g = head.column_grad(z, tokens_g, saved_g, params, cols, fill) * scale_g[:, None]
+            dw_j = dw_j + jnp.matmul(
+                x_g.T, g.astype(matmul_dtype), preferred_element_type=acc, out_sharding=sharding
+            )
+            return dw_j, None if db_j is None else db_j + jnp.sum(g, axis=0)
+
+        init = (
+            jnp.zeros_like(w_j, dtype=acc) + zero,
+            None if b_j is None else jnp.zeros_like(b_j) + zero,
+        )
+        if groups.count == 1:
+            return group_body(0, init)
+        return jax.lax.fori_loop(0, groups.count, group_body, init)
+
+    def write(carry, cols: ColumnSlice):
+        dw_j, db_j = slice_grads(cols)
+        dw = cols.put(carry[0], dw_j.astype(w.dtype))
+        return dw, None if db_j is None else cols.put(carry[1], db_j)
+
+    carry = (
+        jnp.zeros_like(wv) + zero.astype(w.dtype),
+        None if bv is None else jnp.zeros_like(bv) + zero,
+    )
+    carry = jax.lax.fori_loop(
+        0, columns.count, lambda j, c: write(c, ColumnSlice(columns, j, columns.width)), carry
+    )
+    if columns.tail:
+        carry = write(carry, ColumnSlice(columns, jnp.int32(columns.count), columns.tail))
+    dw, db = carry
+    return columns.unview(dw), None if db is None else columns.unview(db)
+
+
+class Gradients(NamedTuple):
+    total: jax.Array  # the scaled sum
+    stats: jax.Array  # per token
+    x: jax.Array
+    w: jax.Array
+    bias: jax.Array | None
+
+
+def gradients(head: Head, x, w, bias, tokens, params, token_scale, config: Config) -> Gradients:
+    """``sum_n c_n l_n``, its gradients for x, w and bias, and the statistics."""
+    w_whole, to_w_sharding = _whole_hidden(w, spread_over_devices(x))
+    if config.passes == 1:
+        out = _token_pass(head, x, w_whole, bias, tokens, params, token_scale, config, grads=1)
+        dw, db = out.dw, out.db
+    else:
+        out = _token_pass(head, x, w_whole, bias, tokens, params, token_scale, config, grads=2)
+        chunks = Chunks.of(x.shape[0], config.chunk_size, spread_over_devices(x))
+        x_rows, token_rows, scale_rows = jax.tree.map(chunks.pad, (x, tokens, token_scale))
+        dw, db = _weight_pass(
+            head, x_rows, w_whole, bias, token_rows, params, scale_rows, out.saved, config
+        )
+    dw = to_w_sharding(dw.astype(w.dtype))
+    return Gradients(out.total, out.stats, out.dx, dw, db)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 7))
+def fused_sum(head: Head, x, w, bias, tokens, params, token_scale, config: Config):
+    """``sum_n token_scale_n l_n`` over ``x`` ``[n, H]`` and the per-token statistics
+    (for logging; they carry no tangent)."""
+    w, _ = _whole_hidden(w, spread_over_devices(x))
+    out = _token_pass(head, x, w, bias, tokens, params, token_scale, config, grads=0)
+    return out.total, out.stats
+
+
+@fused_sum.defjvp
+def _fused_sum_jvp(head, config, primals, tangents):
+    # The gradients are formed in the forward pass(es), while each chunk's logits are at
+    # hand; the tangent is their inner product with the input tangents, which JAX
+    # transposes for reverse mode without another pass over the vocabulary.
+    x, w, bias, tokens, params, token_scale = primals
+    dx, dw, dbias = tangents[:3]
+    grads = gradients(head, x, w, bias, tokens, params, token_scale, config)
+    dloss = jnp.zeros((), grads.total.dtype)
+    # Products in the inputs' dtype, sums in float32: transposed for reverse mode this is
+    # one multiplication producing a gradient of the inputs' dtype, with no float32 copy.
+    if not is_zero(dx):
+        dloss = dloss + jnp.sum(grads.x * dx.astype(grads.x.dtype), dtype=dloss.dtype)
+    if not is_zero(dw):
+        dloss = dloss + jnp.sum(grads.w * dw.astype(grads.w.dtype), dtype=dloss.dtype)
+    if bias is not None and not is_zero(dbias):
+        dloss = dloss + jnp.sum(grads.bias * dbias.astype(grads.bias.dtype))
+    return (grads.total, grads.stats), (dloss, jnp.zeros_like(grads.stats))
+
+
+def _chunk_loss(head: Head, x_c, tokens_c, w, bias, params):
+    acc = accumulation_dtype(x_c, w)
+    x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, jnp.zeros((), x_c.dtype))
+    loss, stats = head.loss(_logits(x_c, w, bias, acc), tokens_c, params)
+    return loss, jax.lax.stop_gradient(stats)
+
+
+def per_token_loss(head: Head, x, w, bias, tokens, params, config: Config):
+    """Per-token losses and statistics; each chunk is recomputed in the backward pass."""
+    n = x.shape[0]
+    chunks = Chunks.of(n, config.chunk_size, spread_over_devices(x))
+    xs = chunks.stack(chunks.pad(x))
+    ts = jax.tree.map(lambda a: chunks.stack(chunks.pad(a)), tokens)
+    chunk_loss = jax.checkpoint(functools.partial(_chunk_loss, head))
+
+    def body(_, chunk_in):
+        return None, chunk_loss(*chunk_in, w, bias, params)
+
+    _, (loss, stats) = jax.lax.scan(body, None, (xs, ts))
+    return chunks.unstack(loss, n), chunks.unstack(stats, n)

@@ -1,0 +1,135 @@
+"""The communication of the fused losses on 8 host CPU devices, from compiled programs.
+
+Executed by tests/test_sharding.py in a subprocess (the device count is fixed when JAX
+starts); compiles only. For every layout, mode, dtype and fused loss it prints one JSON
+line with the collective elements of ``jit(value_and_grad(loss, argnums=(0, 1)))``,
+loops weighted by their trip counts, next to the same count for the unfused loss in
+the same layout and mode.
+"""
+
+import json
+import os
+import sys
+
+if __name__ == "__main__":  # not when pytest's doctest collector imports this file
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    )
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import jaxloss as jl  # noqa: E402
+from jaxloss.benchmark import collective_elements  # noqa: E402
+
+MODES = {
+    "auto": (jax.sharding.AxisType.Auto, False),
+    "auto_mesh": (jax.sharding.AxisType.Auto, True),
+    "explicit": (jax.sharding.AxisType.Explicit, True),
+}
+
+
+def layouts(mode):
+    one = jax.make_mesh((8,), ("data",), axis_types=(mode,))
+    two = jax.make_mesh((2, 4), ("data", "vocab"), axis_types=(mode, mode))
+    return {
+        "data": (one, P("data", None), P(None, None), P("data")),
+        "fsdp": (one, P("data", None), P("data", None), P("data")),
+        "vocab_on_data": (one, P("data", None), P(None, "data"), P("data")),
+        "data+vocab": (two, P("data", None), P(None, "vocab"), P("data")),
+        "vocab": (one, P(None, None), P(None, "data"), P()),
+    }
+
+
+def unfused(x, w, y, t):
+    return jl.cross_entropy(jnp.dot(x, w, preferred_element_type=jnp.float32), y)
+
+
+def unfused_kl(x, w, y, t):
+    student = jl.log_softmax(jnp.dot(x, w, preferred_element_type=jnp.float32))
+    teacher = jl.softmax(jnp.dot(x, t, preferred_element_type=jnp.float32))
+    return jl.kl_div(student, teacher, reduction="batchmean")
+
+
+def losses(chunk):
+    """Each fused loss with the unfused loss it is compared with."""
+    return {
+        "linear_cross_entropy": (
+            lambda x, w, y, t: jl.linear_cross_entropy(
+                x, w, y, chunk_size=chunk, label_smoothing=0.1
+            ),
+            unfused,
+        ),
+        "linear_cross_entropy_two_pass": (
+            lambda x, w, y, t: jl.linear_cross_entropy(x, w, y, chunk_size=chunk, passes=2),
+            unfused,
+        ),
+        "linear_cross_entropy_one_pass": (
+            lambda x, w, y, t: jl.linear_cross_entropy(x, w, y, chunk_size=chunk, passes=1),
+            unfused,
+        ),
+        "linear_kl_div": (
+            lambda x, w, y, t: jl.linear_kl_div(x, w, x, t, chunk_size=chunk),
+            unfused_kl,
+        ),
+        "linear_kl_div_topk": (
+            lambda x, w, y, t: jl.linear_kl_div(
+                x,
+                w,
+                teacher_topk=(jnp.stack([y, y + 1], -1) % w.shape[1], jnp.zeros(y.shape + (2,))),
+                chunk_size=chunk,
+            ),
+            unfused,
+        ),
+    }
+
+
+def count(fn, mesh, mode_name, args):
+    step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+    try:
+        if MODES[mode_name][1]:
+            with jax.set_mesh(mesh):
+                compiled = step.lower(*args).compile()
+        else:
+            compiled = step.lower(*args).compile()
+    except Exception as error:  # the explicit-mode layout with no baseline (and no fused)
+        return f"{type(error).__name__}: {error}"
+    return sum(collective_elements(compiled.as_text()).values())
+
+
+def main(tokens_per_device, hidden, vocab, chunk, modes, dtypes):
+    for mode_name in modes:
+        for layout, (mesh, x_spec, w_spec, y_spec) in layouts(MODES[mode_name][0]).items():
+            n = tokens_per_device * (8 if y_spec != P() else 1)
+            for dtype in dtypes:
+
+                def shape(dims, dt, spec, mesh=mesh):
+                    return jax.ShapeDtypeStruct(dims, dt, sharding=NamedSharding(mesh, spec))
+
+                args = (
+                    shape((n, hidden), dtype, x_spec),
+                    shape((hidden, vocab), dtype, w_spec),
+                    shape((n,), jnp.int32, y_spec),
+                    shape((hidden, vocab), dtype, w_spec),
+                )
+                baselines = {}
+                for name, (fused, baseline) in losses(chunk).items():
+                    if baseline not in baselines:
+                        baselines[baseline] = count(baseline, mesh, mode_name, args)
+                    line = {
+                        "mode": mode_name, "layout": layout, "dtype": jnp.dtype(dtype).name,
+                        "loss": name, "fused": count(fused, mesh, mode_name, args),
+                        "unfused": baselines[baseline],
+                    }  # fmt: skip
+                    print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    assert jax.device_count() == 8, jax.devices()
+    if sys.argv[1] == "matrix":  # every layout, mode and dtype at a small shape
+        main(256, 64, 4096, 64, list(MODES), [jnp.bfloat16, jnp.float32])
+    else:  # the training shape, one mode
+        main(8192, 1024, 32768, None, ["auto_mesh"], [jnp.bfloat16])

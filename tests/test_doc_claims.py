@@ -401,7 +401,8 @@ def default_passes():
 @claim(
     "docs/large-vocab.md",
     "choose. On one device, the second pass's slice width defaults to as many columns as",
-    "fit a float32 slice of $\\partial L/\\partial W$ in 16 MiB or in 1/64 of the gradient's bytes,",
+    "fit a float32 slice of $\\partial L/\\partial W$ in 16 MiB",
+    "or in 1/64 of the gradient's bytes, whichever is larger.",
 )
 def default_vocab_chunk():
     from jaxloss._fused.engine import auto_vocab_chunk_size

@@ -61,11 +61,16 @@ def _teacher_logits(rows: TeacherRows, teacher_w, keep, inv_t, acc):
     return rows.log_probs.astype(acc) * inv_t, rows.ids
 
 
+def _names_outside(ids, vocab: int):
+    """Per token: whether a top-k teacher names an id outside ``[0, V)``."""
+    return jnp.any((ids < 0) | (ids >= vocab), axis=-1)
+
+
 def _teacher_chunk(rows: TeacherRows, teacher_w, keep, vocab: int, inv_t, acc) -> _TeacherChunk:
     u, ids = _teacher_logits(rows, teacher_w, keep, inv_t, acc)
     bad = jnp.zeros(keep.shape, bool)
     if ids is not None:
-        bad = jnp.any((ids < 0) | (ids >= vocab), axis=-1)
+        bad = _names_outside(ids, vocab)
         ids = jnp.clip(ids, 0, vocab - 1)
     m, s = max_and_sum_exp(u, -1)
     log_q = (u - m) - jnp.log(s)
@@ -182,7 +187,7 @@ class DistillationHead:
         q = jnp.exp(u - saved[:, 1:])
         bad = jnp.zeros(keep.shape, bool)
         if ids is not None:
-            bad = keep & jnp.any((ids < 0) | (ids >= self.vocab), axis=-1)
+            bad = keep & _names_outside(ids, self.vocab)
             index, inside = cols.position(ids)
             q = _scatter_rows(z, index, jnp.where(inside, q, 0.0), mode="drop")
         return _kl_logit_grad(p, q, bad, keep, inv_t)

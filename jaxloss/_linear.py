@@ -77,10 +77,14 @@ class CrossEntropyHead:
     def stats_width(self) -> int:
         return (1 + len(STATISTICS)) if self.options.return_aux else 0
 
-    def counted(self, codes, scalars: Scalars):
+    def _targets(self, codes, scalars: Scalars):
+        """The resolved targets, their class weights and which tokens count."""
         targets = index_targets(codes)
         w_y = target_weight(scalars.class_weight, targets.class_index, scalars.z_loss.dtype)
-        return contributing(targets, w_y, scalars, self.options)
+        return targets, w_y, contributing(targets, w_y, scalars, self.options)
+
+    def counted(self, codes, scalars: Scalars):
+        return self._targets(codes, scalars)[2]
 
     def _capped(self, z, scalars: Scalars):
         if not self.options.has_softcap:
@@ -118,9 +122,7 @@ class CrossEntropyHead:
         logits and their gradient."""
         acc, vocab = z.dtype, z.shape[1]
         eps = scalars.label_smoothing
-        targets = index_targets(codes)
-        w_y = target_weight(scalars.class_weight, targets.class_index, acc)
-        counted = contributing(targets, w_y, scalars, self.options)
+        targets, w_y, counted = self._targets(codes, scalars)
         z, tanh = self._capped(z, scalars)
         m, s = max_and_sum_exp(z, -1)
         log_s = jnp.log(s[:, 0])
@@ -158,9 +160,7 @@ class CrossEntropyHead:
         return engine.HeadTerms(loss, grad, saved, self._stats(z, m, log_s, targets))
 
     def column_grad(self, z, codes, saved, scalars: Scalars, cols: ColumnSlice, fill: Fill):
-        targets = index_targets(codes)
-        w_y = target_weight(scalars.class_weight, targets.class_index, z.dtype)
-        counted = contributing(targets, w_y, scalars, self.options)
+        targets, w_y, counted = self._targets(codes, scalars)
         z, tanh = self._capped(z, scalars)
         ids = cols.ids()
         spread = self._spread(ids, scalars) if self.options.has_smoothing else None

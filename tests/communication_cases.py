@@ -24,24 +24,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jaxloss as jl  # noqa: E402
 from jaxloss.benchmark import collective_elements  # noqa: E402
-
-MODES = {
-    "auto": (jax.sharding.AxisType.Auto, False),
-    "auto_mesh": (jax.sharding.AxisType.Auto, True),
-    "explicit": (jax.sharding.AxisType.Explicit, True),
-}
-
-
-def layouts(mode):
-    one = jax.make_mesh((8,), ("data",), axis_types=(mode,))
-    two = jax.make_mesh((2, 4), ("data", "vocab"), axis_types=(mode, mode))
-    return {
-        "data": (one, P("data", None), P(None, None), P("data")),
-        "fsdp": (one, P("data", None), P("data", None), P("data")),
-        "vocab_on_data": (one, P("data", None), P(None, "data"), P("data")),
-        "data+vocab": (two, P("data", None), P(None, "vocab"), P("data")),
-        "vocab": (one, P(None, None), P(None, "data"), P()),
-    }
+from tests.sharded_cases import MODES, fused_layouts  # noqa: E402
 
 
 def unfused(x, w, y, t):
@@ -102,7 +85,7 @@ def count(fn, mesh, mode_name, args):
 
 def main(tokens_per_device, hidden, vocab, chunk, modes, dtypes):
     for mode_name in modes:
-        for layout, (mesh, x_spec, w_spec, y_spec) in layouts(MODES[mode_name][0]).items():
+        for layout, (mesh, x_spec, w_spec, y_spec) in fused_layouts(MODES[mode_name][0]).items():
             n = tokens_per_device * (8 if y_spec != P() else 1)
             for dtype in dtypes:
 

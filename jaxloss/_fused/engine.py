@@ -294,13 +294,12 @@ def _token_pass(head: Head, x, w, bias, tokens, params, token_scale, config: Con
         x_c, scale_c = chunks.take(xs, i), chunks.take(cs, i)
         tokens_c = jax.tree.map(lambda a: chunks.take(a, i), ts)
         fill = _loop_fill(acc, i)
-        x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, fill.zero.astype(x_c.dtype))
-        z = _logits(x_c, w, bias, acc)
         if not grads:
-            loss, stats = head.loss(z, tokens_c, params)
+            loss, stats = _chunk_loss(head, x_c, tokens_c, w, bias, params, fill.zero)
             total = carry.total + jnp.sum(loss * scale_c)
             return carry._replace(total=total, stats=chunks.put(carry.stats, i, stats))
-        terms = head.loss_and_grad(z, tokens_c, params, fill)
+        x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, fill.zero.astype(x_c.dtype))
+        terms = head.loss_and_grad(_logits(x_c, w, bias, acc), tokens_c, params, fill)
         g = terms.grad * scale_c[:, None]
         g_mm = g.astype(matmul_dtype)
         carry = carry._replace(
@@ -404,19 +403,20 @@ class Gradients(NamedTuple):
 
 def gradients(head: Head, x, w, bias, tokens, params, token_scale, config: Config) -> Gradients:
     """``sum_n c_n l_n``, its gradients for x, w and bias, and the statistics."""
+    n = x.shape[0]
     w_whole, to_w_sharding = _whole_hidden(w, spread_over_devices(x))
     if config.passes == 1:
         out = _token_pass(head, x, w_whole, bias, tokens, params, token_scale, config, grads=1)
         dw, db = out.dw, out.db
     else:
+        # Padded once here, for both passes.
+        chunks = Chunks.of(n, config.chunk_size, spread_over_devices(x))
+        x, tokens, token_scale = jax.tree.map(chunks.pad, (x, tokens, token_scale))
         out = _token_pass(head, x, w_whole, bias, tokens, params, token_scale, config, grads=2)
-        chunks = Chunks.of(x.shape[0], config.chunk_size, spread_over_devices(x))
-        x_rows, token_rows, scale_rows = jax.tree.map(chunks.pad, (x, tokens, token_scale))
-        dw, db = _weight_pass(
-            head, x_rows, w_whole, bias, token_rows, params, scale_rows, out.saved, config
-        )
+        saved = out.saved
+        dw, db = _weight_pass(head, x, w_whole, bias, tokens, params, token_scale, saved, config)
     dw = to_w_sharding(dw.astype(w.dtype))
-    return Gradients(out.total, out.stats, out.dx, dw, db)
+    return Gradients(out.total, out.stats[:n], out.dx[:n], dw, db)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 7))
@@ -448,9 +448,11 @@ def _fused_sum_jvp(head, config, primals, tangents):
     return (grads.total, grads.stats), (dloss, jnp.zeros_like(grads.stats))
 
 
-def _chunk_loss(head: Head, x_c, tokens_c, w, bias, params):
+def _chunk_loss(head: Head, x_c, tokens_c, w, bias, params, zero=0.0):
+    """One chunk's per-token losses (differentiable) and statistics (not); the rows of
+    tokens that add nothing are set to ``zero`` before the product."""
     acc = accumulation_dtype(x_c, w)
-    x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, jnp.zeros((), x_c.dtype))
+    x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, jnp.asarray(zero, x_c.dtype))
     loss, stats = head.loss(_logits(x_c, w, bias, acc), tokens_c, params)
     return loss, jax.lax.stop_gradient(stats)
 

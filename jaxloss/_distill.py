@@ -114,9 +114,10 @@ def _kl_terms(z, teacher: _TeacherChunk, keep, inv_t):
 
 
 def _kl_logit_grad(p, q, teacher_bad, keep, inv_t):
-    """``d(T^2 KL)/dz = T (p - q)``, 0 on tokens that are not kept, nan on bad ones."""
-    g = jnp.where(keep[:, None], (p - q) / inv_t, 0.0)
-    return jnp.where(teacher_bad[:, None], jnp.nan, g)
+    """``d(T^2 KL)/dz = T (p - q)``, 0 on tokens that are not kept, nan on bad ones
+    (``keep`` and ``teacher_bad`` broadcast along the classes)."""
+    g = jnp.where(keep, (p - q) / inv_t, 0.0)
+    return jnp.where(teacher_bad, jnp.nan, g)
 
 
 @jax.custom_jvp
@@ -128,7 +129,9 @@ def _kl_of_logits(z, teacher: _TeacherChunk, keep, inv_t):
 def _kl_of_logits_jvp(primals, tangents):
     z, teacher, keep, inv_t = primals
     kl, log_p, _ = _kl_terms(z, teacher, keep, inv_t)
-    g = _kl_logit_grad(jnp.exp(log_p), _dense_q(teacher, z), teacher.bad, keep, inv_t)
+    g = _kl_logit_grad(
+        jnp.exp(log_p), _dense_q(teacher, z), teacher.bad[:, None], keep[:, None], inv_t
+    )
     dz = jnp.where(keep[:, None], tangents[0], 0.0)
     return kl, jnp.sum(g * dz, axis=-1)
 
@@ -174,14 +177,14 @@ class DistillationHead:
         chunk = self._teacher(tokens, teacher, z.dtype)
         kl, log_p, lse = _kl_terms(z, chunk, keep, teacher.inv_t)
         q = _dense_q(chunk, z)
-        grad = _kl_logit_grad(jnp.exp(log_p), q, chunk.bad, keep, teacher.inv_t)
+        grad = _kl_logit_grad(jnp.exp(log_p), q, chunk.bad[:, None], keep[:, None], teacher.inv_t)
         saved = jnp.stack([lse, chunk.lse], axis=-1)
         return engine.HeadTerms(kl, grad, saved, jnp.zeros((z.shape[0], 0), z.dtype))
 
-    def column_grad(self, z, tokens, saved, teacher: Teacher, cols: ColumnSlice, fill: Fill):
+    def column_grad(self, z_t, tokens, saved, teacher: Teacher, cols: ColumnSlice, fill: Fill):
         keep, rows = tokens
-        acc, inv_t = z.dtype, teacher.inv_t
-        p = jnp.exp(z * inv_t - saved[:, :1])
+        acc, inv_t = z_t.dtype, teacher.inv_t
+        p = jnp.exp(z_t * inv_t - saved[None, :, 0])
         teacher_w = None if teacher.w is None else cols.take(cols.columns.view(teacher.w))
         u, ids = _teacher_logits(rows, teacher_w, keep, inv_t, acc)
         q = jnp.exp(u - saved[:, 1:])
@@ -189,8 +192,8 @@ class DistillationHead:
         if ids is not None:
             bad = keep & _names_outside(ids, self.vocab)
             index, inside = cols.position(ids)
-            q = _scatter_rows(z, index, jnp.where(inside, q, 0.0), mode="drop")
-        return _kl_logit_grad(p, q, bad, keep, inv_t)
+            q = _scatter_rows(z_t.T, index, jnp.where(inside, q, 0.0), mode="drop")
+        return _kl_logit_grad(p, q.T, bad[None, :], keep[None, :], inv_t)
 
 
 @functools.partial(jax.jit, static_argnums=(5, 8))

@@ -149,26 +149,21 @@ class CrossEntropyHead:
             loss = loss + z_loss_term(lse, scalars.z_loss, targets.keep)
             scale = scale + z_loss_logit_scale(lse, scalars.z_loss, targets.keep)
         a = coefficient_columns(targets, element_weight, columns, eps, spread, fill)
-        grad = self._finish(
-            logit_gradient(scale[:, None], jnp.exp(z - m) / s, a, fill),
-            tanh,
-            counted,
-            targets,
-            fill,
-        )
+        grad = logit_gradient(scale[:, None], jnp.exp(z - m) / s, a, fill)
+        grad = self._finish(grad, tanh, counted[:, None], targets.bad[:, None], fill)
         saved = jnp.stack([lse, scale], axis=-1)
         return engine.HeadTerms(loss, grad, saved, self._stats(z, m, log_s, targets))
 
-    def column_grad(self, z, codes, saved, scalars: Scalars, cols: ColumnSlice, fill: Fill):
+    def column_grad(self, z_t, codes, saved, scalars: Scalars, cols: ColumnSlice, fill: Fill):
         targets, w_y, counted = self._targets(codes, scalars)
-        z, tanh = self._capped(z, scalars)
+        z_t, tanh = self._capped(z_t, scalars)
         ids = cols.ids()
         spread = self._spread(ids, scalars) if self.options.has_smoothing else None
         element_weight = jnp.where(targets.keep, w_y, 0.0)
         a = coefficient_columns(targets, element_weight, ids, scalars.label_smoothing, spread, fill)
-        p = jnp.exp(z - saved[:, :1])
-        grad = logit_gradient(saved[:, 1:], p, a, fill)
-        return self._finish(grad, tanh, counted, targets, fill)
+        p = jnp.exp(z_t - saved[None, :, 0])
+        grad = logit_gradient(saved[None, :, 1], p, a.T, fill)
+        return self._finish(grad, tanh, counted[None, :], targets.bad[None, :], fill)
 
     def _spread(self, ids, scalars: Scalars):
         """The smoothing part of the coefficients of the columns ``ids``: ``eps / V``
@@ -178,12 +173,13 @@ class CrossEntropyHead:
             spread = spread * scalars.class_weight[ids]
         return spread
 
-    def _finish(self, grad, tanh, counted, targets: IndexTargets, fill: Fill):
-        """Through the soft-cap; exactly 0 on tokens that add nothing, nan on bad ones."""
+    def _finish(self, grad, tanh, counted, bad, fill: Fill):
+        """Through the soft-cap; exactly 0 on tokens that add nothing, nan on bad ones
+        (``counted`` and ``bad`` broadcast along the classes)."""
         if tanh is not None:
             grad = soft_cap_gradient(grad, tanh)
-        grad = jnp.where(counted[:, None], grad, fill.zero)
-        return jnp.where(targets.bad[:, None], fill.nan, grad)
+        grad = jnp.where(counted, grad, fill.zero)
+        return jnp.where(bad, fill.nan, grad)
 
 
 def _aux_statistics(stats, targets: IndexTargets, counted, scalars: Scalars, options):

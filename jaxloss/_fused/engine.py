@@ -164,9 +164,10 @@ class Head(Protocol):
 
     def loss_and_grad(self, z, tokens, params, fill: Fill) -> HeadTerms: ...
 
-    def column_grad(self, z, tokens, saved, params, cols: ColumnSlice, fill: Fill) -> jax.Array:
-        """``grad`` of ``loss_and_grad`` for the columns ``cols`` from their logits
-        ``z`` ``[c, width]`` and the row's ``saved`` values."""
+    def column_grad(self, z_t, tokens, saved, params, cols: ColumnSlice, fill: Fill) -> jax.Array:
+        """``grad`` of ``loss_and_grad`` for the columns ``cols``, transposed
+        (``[width, c]``), from their logits ``z_t`` ``[width, c]`` and the rows' ``saved``
+        values (the second pass multiplies in that layout)."""
         ...
 
 
@@ -350,30 +351,40 @@ def _weight_pass(head: Head, x, w, bias, tokens, params, token_scale, saved, con
         # Everything tied to the slice: XLA would otherwise precompute the parts of the
         # group loop that do not depend on the slice, for all groups at once.
         views_ = loop_variant(views, cols.j)
-        w_j = cols.take(loop_variant(wv, cols.j))
+        # Products arranged as w_slice.T @ x.T and g.T @ x, with the slice's logits and
+        # their gradient columns first ([width, tokens]): the forms every backend
+        # multiplies in bfloat16 with float32 sums (for x.T @ g XLA's CPU backend would
+        # convert x to float32 first). The slice is transposed once.
+        w_t = jax.lax.optimization_barrier(cols.take(loop_variant(wv, cols.j)).T)
         b_j = None if bv is None else cols.take(bv)
-        sharding = explicit_sharding(w_j)
+        sharding = explicit_sharding(w_t)
 
         def group_body(k, carry):
-            dw_j, db_j = carry
+            dw_t, db_j = carry
             x_g, tokens_g, scale_g, saved_g = jax.tree.map(lambda a: groups.take(a, k), views_)
             fill = _loop_fill(acc, (k, cols.j))
             keep = head.counted(tokens_g, params)[:, None]
             x_g = jnp.where(keep, x_g, fill.zero.astype(x_g.dtype))
-            z = _logits(x_g, w_j, b_j, acc)
-            g = head.column_grad(z, tokens_g, saved_g, params, cols, fill) * scale_g[:, None]
-            dw_j = dw_j + jnp.matmul(
-                x_g.T, g.astype(matmul_dtype), preferred_element_type=acc, out_sharding=sharding
+            z_t = jax.lax.dot_general(
+                w_t, x_g, (((1,), (1,)), ((), ())), preferred_element_type=acc
             )
-            return dw_j, None if db_j is None else db_j + jnp.sum(g, axis=0)
+            z_t = z_t if b_j is None else z_t + b_j[:, None]
+            g_t = head.column_grad(z_t, tokens_g, saved_g, params, cols, fill) * scale_g[None, :]
+            dw_t = dw_t + jax.lax.dot_general(
+                g_t.astype(matmul_dtype),
+                x_g,
+                (((1,), (0,)), ((), ())),
+                preferred_element_type=acc,
+                out_sharding=sharding,
+            )
+            return dw_t, None if db_j is None else db_j + jnp.sum(g_t, axis=1)
 
         init = (
-            jnp.zeros_like(w_j, dtype=acc) + zero,
+            jnp.zeros_like(w_t, dtype=acc) + zero,
             None if b_j is None else jnp.zeros_like(b_j) + zero,
         )
-        if groups.count == 1:
-            return group_body(0, init)
-        return jax.lax.fori_loop(0, groups.count, group_body, init)
+        dw_t, db_j = jax.lax.fori_loop(0, groups.count, group_body, init)
+        return dw_t.T, db_j
 
     def write(carry, cols: ColumnSlice):
         dw_j, db_j = slice_grads(cols)

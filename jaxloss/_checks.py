@@ -188,6 +188,21 @@ def optional_positive_int(name: str, value) -> int | None:
     return None if value is None else int(value)
 
 
+def vocab_size(value, padded: int) -> int:
+    """The classes in use of a padded vocabulary of ``padded`` (static): the first
+    ``value`` of them, or all for None."""
+    if value is None:
+        return padded
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"vocab_size must be a Python int (static) or None, got {value!r}")
+    count = int(value)
+    if not 1 <= count <= padded:
+        raise ValueError(
+            f"vocab_size must be in [1, {padded}] (the classes of the logits or of w), got {count}"
+        )
+    return count
+
+
 def class_weight(weight, num_classes: int) -> jax.Array | None:
     """Per-class weights: a floating vector of length ``num_classes``."""
     if weight is None:

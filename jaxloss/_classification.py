@@ -57,10 +57,15 @@ def _cross_entropy(logits, targets, scalars: Scalars, where, options: Options, w
             # The core passes no gradient to rows that add nothing, but tanh's derivative
             # at a nan logit is nan (and 0 * nan = nan): such rows are kept out of it.
             x = jnp.where(counted[..., None], x, 0.0)
+    if where is not None:
+        where = jnp.moveaxis(where, options.axis, -1)
+        if options.has_softcap:
+            # tanh's derivative at a masked nan logit is nan (and 0 * nan = nan).
+            x = jnp.where(where, x, 0.0)
     if options.has_softcap:
         x, _ = soft_cap(x, scalars.logit_softcap)
     if where is not None:
-        x = jnp.where(jnp.moveaxis(where, options.axis, -1), x, -jnp.inf)
+        x = jnp.where(where, x, -jnp.inf)
     if options.index_targets:
         loss, lse = index_cross_entropy(x, resolved, counted, scalars, options)
         share = jnp.where(resolved.keep, w_y, 0.0)
@@ -94,6 +99,7 @@ def cross_entropy(
     token_weight: ArrayLike | None = None,
     segment_ids: ArrayLike | None = None,
     normalizer: ArrayLike | None = None,
+    vocab_size: int | None = None,
 ) -> jax.Array:
     r"""Softmax cross-entropy with class-index or class-probability targets.
 
@@ -162,6 +168,11 @@ def cross_entropy(
             replaces the denominator of ``"mean"`` (the total weight) or of
             ``"sequence_mean"`` (the number of sequences), e.g. the whole step's count
             under gradient accumulation or data parallelism.
+        vocab_size: the number of classes in use (static), for a class axis padded
+            past them (a vocabulary of 50,257 stored as 50,304 to divide the devices):
+            classes ``vocab_size`` and up get probability 0, no smoothing mass and no
+            gradient, whatever their logits hold, and a target there is out of
+            range. None (the default): every class.
 
     Returns:
         A scalar, or the per-element losses (the logits' shape without ``axis``)
@@ -222,8 +233,15 @@ def cross_entropy(
         label_smoothing, z_loss, logit_softcap
     )
     where = _checks.where_mask(where, logits.shape)
+    num_classes = logits.shape[axis]
+    vocab_size = _checks.vocab_size(vocab_size, num_classes)
+    if vocab_size < num_classes:
+        in_use = jnp.arange(num_classes) < vocab_size
+        trailing = (1,) * (logits.ndim - axis % logits.ndim - 1)
+        in_use = jnp.broadcast_to(in_use.reshape(num_classes, *trailing), logits.shape)
+        where = in_use if where is None else where & in_use
     if is_index:
-        targets = resolve_targets(targets, logits.shape[axis], ignore_index)
+        targets = resolve_targets(targets, vocab_size, ignore_index)
     options = Options(
         reduction=reduction,
         axis=axis,

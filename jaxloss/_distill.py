@@ -67,7 +67,11 @@ def _names_outside(ids, vocab: int):
 
 
 def _teacher_chunk(rows: TeacherRows, teacher_w, keep, vocab: int, inv_t, acc) -> _TeacherChunk:
+    """The teacher of one chunk; ``vocab`` is the number of classes in use (the columns
+    of a dense teacher past them are padding)."""
     u, ids = _teacher_logits(rows, teacher_w, keep, inv_t, acc)
+    if ids is None and vocab < u.shape[1]:
+        u = engine.mask_padding(u, jnp.arange(u.shape[1], dtype=jnp.int32), vocab)
     bad = jnp.zeros(keep.shape, bool)
     if ids is not None:
         bad = _names_outside(ids, vocab)
@@ -150,7 +154,8 @@ class DistillationHead:
     params: a ``Teacher``. Saved per token for the second pass: the student's and the
     teacher's log-partitions (of the scaled logits)."""
 
-    vocab: int
+    vocab: int  # the classes in use: w's columns past them are padding
+    padded: int  # w's columns
 
     @property
     def saved_width(self) -> int:
@@ -163,18 +168,26 @@ class DistillationHead:
     def counted(self, tokens, teacher: Teacher):
         return tokens[0]
 
+    def _masked(self, z, ids):
+        """Logits of the columns ``ids`` (student's or dense teacher's), padding at -inf."""
+        if self.vocab < self.padded:
+            return engine.mask_padding(z, ids, self.vocab)
+        return z
+
     def _teacher(self, tokens, teacher: Teacher, acc) -> _TeacherChunk:
         keep, rows = tokens
         return _teacher_chunk(rows, teacher.w, keep, self.vocab, teacher.inv_t, acc)
 
     def loss(self, z, tokens, teacher: Teacher):
         chunk = jax.lax.stop_gradient(self._teacher(tokens, teacher, z.dtype))
+        z = self._masked(z, jnp.arange(self.padded, dtype=jnp.int32))
         kl = _kl_of_logits(z, chunk, tokens[0], teacher.inv_t)
         return kl, jnp.zeros((z.shape[0], 0), z.dtype)
 
     def loss_and_grad(self, z, tokens, teacher: Teacher, fill: Fill) -> engine.HeadTerms:
         keep = tokens[0]
         chunk = self._teacher(tokens, teacher, z.dtype)
+        z = self._masked(z, jnp.arange(self.padded, dtype=jnp.int32))
         kl, log_p, lse = _kl_terms(z, chunk, keep, teacher.inv_t)
         q = _dense_q(chunk, z)
         grad = _kl_logit_grad(jnp.exp(log_p), q, chunk.bad[:, None], keep[:, None], teacher.inv_t)
@@ -184,9 +197,12 @@ class DistillationHead:
     def column_grad(self, z_t, tokens, saved, teacher: Teacher, cols: ColumnSlice, fill: Fill):
         keep, rows = tokens
         acc, inv_t = z_t.dtype, teacher.inv_t
-        p = jnp.exp(z_t * inv_t - saved[None, :, 0])
+        columns = cols.ids()
+        p = jnp.exp(self._masked(z_t, columns[:, None]) * inv_t - saved[None, :, 0])
         teacher_w = None if teacher.w is None else cols.take(cols.columns.view(teacher.w))
         u, ids = _teacher_logits(rows, teacher_w, keep, inv_t, acc)
+        if ids is None:
+            u = self._masked(u, columns[None, :])
         q = jnp.exp(u - saved[:, 1:])
         bad = jnp.zeros(keep.shape, bool)
         if ids is not None:
@@ -196,7 +212,7 @@ class DistillationHead:
         return _kl_logit_grad(p, q.T, bad[None, :], keep[None, :], inv_t)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 8))
+@functools.partial(jax.jit, static_argnums=(5, 8, 9))
 def _linear_kl_div(
     x,
     w,
@@ -207,6 +223,7 @@ def _linear_kl_div(
     temperature,
     weighting,
     reduction,
+    vocab_size,
 ):
     hidden = w.shape[0]
     acc = engine.accumulation_dtype(x, w)
@@ -229,7 +246,7 @@ def _linear_kl_div(
             keep, jax.sharding.NamedSharding(sharding.mesh, jax.P(sharding.spec[0]))
         )
     out_dtype = jnp.promote_types(x.dtype, w.dtype)
-    head, teacher = DistillationHead(w.shape[1]), Teacher(teacher_w, inv_t)
+    head, teacher = DistillationHead(vocab_size, w.shape[1]), Teacher(teacher_w, inv_t)
     if reduction == "none":
         loss, _ = engine.per_token_loss(head, x2, w, None, (keep, rows), teacher, config)
         loss = loss.reshape(shape)
@@ -259,6 +276,7 @@ def linear_kl_div(
     chunk_size: int | None = None,
     passes: int | None = None,
     vocab_chunk_size: int | None = None,
+    vocab_size: int | None = None,
 ) -> jax.Array:
     r"""Distillation loss of a language-model head, fused: the KL divergence from the
     teacher's next-token distribution to the student's, without either head's logits.
@@ -323,6 +341,14 @@ def linear_kl_div(
             ``linear_cross_entropy``).
         chunk_size: tokens per chunk (static); by default the largest power of two
             whose float32 logits fit in 16 MiB.
+        passes: 1 or 2 (static), as in ``linear_cross_entropy``: two passes keep no
+            ``H x V`` buffer and, on several devices, reduce the weight gradient once
+            per step; ``None`` chooses as ``linear_cross_entropy`` does.
+        vocab_chunk_size: vocabulary columns per step of the second pass (static).
+        vocab_size: the number of vocabulary entries in use (static), for ``w`` and
+            ``teacher_w`` padded past them: those columns get probability 0 in both
+            heads and zero gradient, and a top-k id there is outside the vocabulary.
+            None (the default): every column.
 
     Returns:
         A scalar, or per-token losses of shape ``x.shape[:-1]`` for ``"none"`` (0 on
@@ -355,6 +381,7 @@ def linear_kl_div(
         )
     _checks.has_classes("w", w.shape, 1, "vocabulary entry")
     vocab = w.shape[1]
+    vocab_size = _checks.vocab_size(vocab_size, vocab)
     token_shape = x.shape[:-1]
     dense = teacher_x is not None or teacher_w is not None
     if dense == (teacher_topk is not None):
@@ -406,7 +433,7 @@ def linear_kl_div(
                 f"targets must have shape {token_shape} (x's shape without the hidden axis), "
                 f"got {targets.shape}"
             )
-        codes = resolve_targets(targets, vocab, ignore_index)
+        codes = resolve_targets(targets, vocab_size, ignore_index)
     weighting = _checks.token_weighting(
         token_weight, segment_ids, normalizer, reduction, token_shape
     )
@@ -417,4 +444,6 @@ def linear_kl_div(
     config = engine.Config.resolve(
         x, w, chunk_size=chunk_size, passes=passes, vocab_chunk_size=vocab_chunk_size
     )
-    return _linear_kl_div(x, w, rows, projection, codes, config, temperature, weighting, reduction)
+    return _linear_kl_div(
+        x, w, rows, projection, codes, config, temperature, weighting, reduction, vocab_size
+    )

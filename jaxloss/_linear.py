@@ -67,7 +67,9 @@ class CrossEntropyHead:
     log-sum-exp and ``STATISTICS``."""
 
     options: Options
-    vocab: int
+    vocab: int  # the classes in use: w's columns past them are padding
+
+    padded: int  # w's columns
 
     @property
     def saved_width(self) -> int:
@@ -86,10 +88,14 @@ class CrossEntropyHead:
     def counted(self, codes, scalars: Scalars):
         return self._targets(codes, scalars)[2]
 
-    def _capped(self, z, scalars: Scalars):
-        if not self.options.has_softcap:
-            return z, None
-        return soft_cap(z, scalars.logit_softcap)
+    def _capped(self, z, scalars: Scalars, ids):
+        """The soft-capped logits of the columns ``ids`` (and the tanh), padding at -inf."""
+        tanh = None
+        if self.options.has_softcap:
+            z, tanh = soft_cap(z, scalars.logit_softcap)
+        if self.vocab < self.padded:
+            z = engine.mask_padding(z, ids, self.vocab)
+        return z, tanh
 
     def _stats(self, z, m, log_s, targets: IndexTargets):
         if not self.options.return_aux:
@@ -98,15 +104,15 @@ class CrossEntropyHead:
         return jnp.concatenate([lse[:, None], _token_statistics(z, m, log_s, targets)], axis=-1)
 
     def loss(self, z, codes, scalars: Scalars):
-        acc, vocab = z.dtype, z.shape[1]
+        acc, columns = z.dtype, jnp.arange(self.padded, dtype=jnp.int32)
         targets = index_targets(codes)
         share = None
         if self.options.has_smoothing:
-            share = jnp.full((vocab,), scalars.label_smoothing / vocab, acc)
+            share = self._spread(columns, scalars, weighted=False)
         a, _ = index_coefficients(
-            targets, vocab, scalars.class_weight, acc, scalars.label_smoothing, share
+            targets, self.padded, scalars.class_weight, acc, scalars.label_smoothing, share
         )
-        z, _ = self._capped(z, scalars)
+        z, _ = self._capped(z, scalars, columns)
         loss, lse = softmax_cross_entropy(z, a)
         if self.options.has_z_loss:
             loss = loss + z_loss_term(lse, scalars.z_loss, targets.keep)
@@ -120,16 +126,15 @@ class CrossEntropyHead:
         and ``S`` in closed form: the coefficients ``a`` appear only inside the
         gradient's elementwise expression, so the chunk's only full-size arrays are its
         logits and their gradient."""
-        acc, vocab = z.dtype, z.shape[1]
+        acc, columns = z.dtype, jnp.arange(self.padded, dtype=jnp.int32)
         eps = scalars.label_smoothing
         targets, w_y, counted = self._targets(codes, scalars)
-        z, tanh = self._capped(z, scalars)
+        z, tanh = self._capped(z, scalars, columns)
         m, s = max_and_sum_exp(z, -1)
         log_s = jnp.log(s[:, 0])
         # Shifted logits below -(largest float) (a -inf bias) count as the largest float,
         # as in xent_terms.
         biggest = jnp.finfo(acc).max
-        columns = jnp.arange(vocab, dtype=jnp.int32)
         onehot = targets.class_index[:, None] == columns
         target_shift = jnp.sum(jnp.where(onehot, jnp.maximum(z - m, -biggest), fill.zero), -1)
         element_weight = jnp.where(targets.keep, w_y, 0.0)
@@ -156,8 +161,8 @@ class CrossEntropyHead:
 
     def column_grad(self, z_t, codes, saved, scalars: Scalars, cols: ColumnSlice, fill: Fill):
         targets, w_y, counted = self._targets(codes, scalars)
-        z_t, tanh = self._capped(z_t, scalars)
         ids = cols.ids()
+        z_t, tanh = self._capped(z_t, scalars, ids[:, None])
         spread = self._spread(ids, scalars) if self.options.has_smoothing else None
         element_weight = jnp.where(targets.keep, w_y, 0.0)
         a = coefficient_columns(targets, element_weight, ids, scalars.label_smoothing, spread, fill)
@@ -165,11 +170,12 @@ class CrossEntropyHead:
         grad = logit_gradient(saved[None, :, 1], p, a.T, fill)
         return self._finish(grad, tanh, counted[None, :], targets.bad[None, :], fill)
 
-    def _spread(self, ids, scalars: Scalars):
+    def _spread(self, ids, scalars: Scalars, weighted: bool = True):
         """The smoothing part of the coefficients of the columns ``ids``: ``eps / V``
-        times their class weights."""
-        spread = jnp.full(ids.shape, scalars.label_smoothing / self.vocab, scalars.z_loss.dtype)
-        if scalars.class_weight is not None:
+        (times their class weights), 0 on padding."""
+        share = scalars.label_smoothing / self.vocab
+        spread = jnp.where(ids < self.vocab, share, 0.0).astype(scalars.z_loss.dtype)
+        if weighted and scalars.class_weight is not None:
             spread = spread * scalars.class_weight[ids]
         return spread
 
@@ -202,9 +208,17 @@ def _aux_statistics(stats, targets: IndexTargets, counted, scalars: Scalars, opt
     return {name: safe_divide(jnp.sum(value), count) for name, value in per_token.items()}
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
+@functools.partial(jax.jit, static_argnums=(4, 5, 8))
 def _linear_cross_entropy(
-    x, w, codes, bias, options: Options, config: engine.Config, scalars: Scalars, weighting
+    x,
+    w,
+    codes,
+    bias,
+    options: Options,
+    config: engine.Config,
+    scalars: Scalars,
+    weighting,
+    vocab_size: int,
 ):
     hidden = w.shape[0]
     acc = engine.accumulation_dtype(x, w)
@@ -219,7 +233,7 @@ def _linear_cross_entropy(
     out_dtype = jnp.promote_types(x.dtype, w.dtype)
     targets = index_targets(flat)
     w_y = target_weight(scalars.class_weight, targets.class_index, acc)
-    head = CrossEntropyHead(options, w.shape[1])
+    head = CrossEntropyHead(options, vocab_size, w.shape[1])
     if options.reduction == "none":
         loss, stats = engine.per_token_loss(head, x2, w, bias, flat, scalars, config)
         loss = loss.reshape(codes.shape)
@@ -256,6 +270,7 @@ def linear_cross_entropy(
     token_weight: ArrayLike | None = None,
     segment_ids: ArrayLike | None = None,
     normalizer: ArrayLike | None = None,
+    vocab_size: int | None = None,
     return_aux: Literal[False] = False,
 ) -> jax.Array: ...
 
@@ -279,6 +294,7 @@ def linear_cross_entropy(
     token_weight: ArrayLike | None = None,
     segment_ids: ArrayLike | None = None,
     normalizer: ArrayLike | None = None,
+    vocab_size: int | None = None,
     return_aux: Literal[True],
 ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
@@ -301,6 +317,7 @@ def linear_cross_entropy(
     token_weight: ArrayLike | None = None,
     segment_ids: ArrayLike | None = None,
     normalizer: ArrayLike | None = None,
+    vocab_size: int | None = None,
     return_aux: bool = False,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     r"""Cross-entropy of the logits ``x @ w + bias``, computed without materializing them.
@@ -383,6 +400,12 @@ def linear_cross_entropy(
             replaces the denominator of ``"mean"`` (the total weight) or of
             ``"sequence_mean"`` (the number of sequences), e.g. the whole step's count
             under gradient accumulation or data parallelism.
+        vocab_size: the number of vocabulary entries in use (static), for a ``w``
+            padded past them (50,257 stored as 50,304 to divide the devices): the
+            columns ``vocab_size`` and up get probability 0, no smoothing mass and
+            exactly zero gradient (in ``w``, ``bias`` and through ``x``), also with
+            soft-capping and in the auxiliary statistics, and a target there is out
+            of range. None (the default): every column.
         return_aux: also return statistics for logging (static), computed in the
             same pass as the loss.
 
@@ -463,7 +486,8 @@ def linear_cross_entropy(
     weighting = _checks.token_weighting(
         token_weight, segment_ids, normalizer, reduction, targets.shape
     )
-    codes = resolve_targets(targets, vocab, _checks.ignore_index(ignore_index))
+    vocab_size = _checks.vocab_size(vocab_size, vocab)
+    codes = resolve_targets(targets, vocab_size, _checks.ignore_index(ignore_index))
     engine.check_layout(x, w)
     options = Options(
         reduction=reduction,
@@ -477,4 +501,4 @@ def linear_cross_entropy(
         x, w, chunk_size=chunk_size, passes=passes, vocab_chunk_size=vocab_chunk_size
     )
     scalars = Scalars(class_weight, label_smoothing, z_loss, logit_softcap)
-    return _linear_cross_entropy(x, w, codes, bias, options, config, scalars, weighting)
+    return _linear_cross_entropy(x, w, codes, bias, options, config, scalars, weighting, vocab_size)

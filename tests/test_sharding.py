@@ -57,12 +57,12 @@ def test_fused_losses_equal_one_device_in_every_layout(mode):
     results = run_script("sharded_cases.py", "fused", mode)
     layouts = {"data", "fsdp", "vocab_on_data", "data+vocab", "vocab", "shard_map"}
     assert {r["layout"] for r in results} == layouts
-    assert len(results) == 5 * 6 + 2
+    assert len(results) == 5 * 7 + 2
     errors = [r for r in results if "error" in r]
     # Explicit sharding cannot multiply tokens and vocabulary split over one axis (nor
     # can x @ w): the error says which reshard to do. Every other case runs.
     if mode == "explicit":
-        assert {r["layout"] for r in errors} == {"vocab_on_data"} and len(errors) == 6
+        assert {r["layout"] for r in errors} == {"vocab_on_data"} and len(errors) == 7
         assert all("reshard" in r["error"] and "'d'" in r["error"] for r in errors)
     else:
         assert not errors

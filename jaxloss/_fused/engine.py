@@ -214,6 +214,12 @@ def _whole_hidden(w, spread: bool):
     return jax.sharding.reshard(w, whole), lambda g: jax.sharding.reshard(g, sharding)
 
 
+def mask_padding(z, ids, vocab_size: int):
+    """``z`` with ``-inf`` in the columns of a padded vocabulary (``ids >= vocab_size``,
+    ``ids`` broadcasting against ``z``): they get probability 0 and no gradient."""
+    return jnp.where(ids < vocab_size, z, -jnp.inf)
+
+
 def _logits(x_c, w, bias, acc):
     z = jnp.matmul(x_c, w, preferred_element_type=acc)
     return z if bias is None else z + bias.astype(acc)

@@ -20,13 +20,17 @@ run one per host with the coordinator's address)::
     python examples/lm_head/lm_head.py --num-processes 2 --process-id 1 \\
         --coordinator localhost:12355 --cpu-devices 4
 
-It prints the loss curve, tokens per second and each device's memory for the step
-(XLA's compiled sizes), and writes them to ``--json``.
+``--explicit`` runs the same step with explicit axis types under ``jax.set_mesh``.
+
+It prints the loss curve, tokens per second, each device's memory for the step (XLA's
+compiled sizes) and what the step communicates next to the same step with the unfused
+loss ``cross_entropy(h @ w, next_byte)``, and writes them to ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -62,6 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--cpu-devices", type=int, default=None,
         help="on CPU, the devices this process simulates (XLA's host platform device count)",
     )  # fmt: skip
+    parser.add_argument(
+        "--explicit", action="store_true",
+        help="explicit axis types under jax.set_mesh (default: automatic sharding)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -86,6 +94,7 @@ def main(argv=None) -> dict:
     from jax.sharding import PartitionSpec as P
 
     import jaxloss as jl
+    from jaxloss.benchmark import collective_elements
 
     if args.num_processes > 1:
         # Collectives between processes' CPU devices (no effect on GPU or TPU devices).
@@ -105,7 +114,10 @@ def main(argv=None) -> dict:
     mesh = jax.make_mesh(
         (data_parallel, vocab_parallel),
         ("data", "vocab"),
-        axis_types=(jax.sharding.AxisType.Auto,) * 2,
+        axis_types=(
+            jax.sharding.AxisType.Explicit if args.explicit else jax.sharding.AxisType.Auto,
+        )
+        * 2,
     )
     leader = jax.process_index() == 0
 
@@ -140,22 +152,28 @@ def main(argv=None) -> dict:
     optimizer = optax.adam(args.learning_rate)
     opt_state = optimizer.init(params)
 
-    def loss_fn(params, windows):
+    def loss_fn(params, windows, fused=True):
         # windows: [rows, length + context] bytes; predict byte t from the context before it.
         rows, span = windows.shape
         length = span - args.context
         index = jnp.arange(length)[:, None] + jnp.arange(args.context)[None, :]
         contexts = windows[:, index]  # [rows, length, context]
-        features = params["embed"][contexts].reshape(rows, length, -1)
+        by_row = NamedSharding(mesh, P("data")) if args.explicit else None
+        features = params["embed"].at[contexts].get(out_sharding=by_row).reshape(rows, length, -1)
         hidden = jnp.tanh(features @ params["dense"] + params["bias"])
         targets = windows[:, args.context :]
-        return jl.linear_cross_entropy(hidden, params["w"], targets)
+        if fused:
+            return jl.linear_cross_entropy(hidden, params["w"], targets)
+        return jl.cross_entropy(hidden @ params["w"], targets)
 
-    @jax.jit
-    def step(params, opt_state, windows):
-        loss, grads = jax.value_and_grad(loss_fn)(params, windows)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def make_step(fused):
+        @jax.jit
+        def step(params, opt_state, windows):
+            loss, grads = jax.value_and_grad(loss_fn)(params, windows, fused)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        return step
 
     span = args.length + args.context
 
@@ -166,7 +184,18 @@ def main(argv=None) -> dict:
         windows = text[starts[:, None] + np.arange(span)].astype(np.int32)
         return put(windows, "data", None)
 
-    compiled = step.lower(params, opt_state, batch(0)).compile()
+    with jax.set_mesh(mesh) if args.explicit else contextlib.nullcontext():
+        compiled = make_step(True).lower(params, opt_state, batch(0)).compile()
+        unfused = make_step(False).lower(params, opt_state, batch(0)).compile()
+    communication = {
+        "fused": sum(collective_elements(compiled.as_text()).values()),
+        "unfused": sum(collective_elements(unfused.as_text()).values()),
+    }
+    say(
+        "per-step communication (elements of every collective's result, loops times their "
+        f"trip counts): {communication['fused']:,} with linear_cross_entropy, "
+        f"{communication['unfused']:,} with the unfused loss"
+    )
     analysis = compiled.memory_analysis()
     memory = {
         "temp_bytes": int(analysis.temp_size_in_bytes),
@@ -202,6 +231,8 @@ def main(argv=None) -> dict:
         "loss_curve": curve,
         "tokens_per_second": tokens_per_second,
         "memory_per_device": memory,
+        "communication_per_step": communication,
+        "sharding": "explicit" if args.explicit else "auto",
         "jax": jax.__version__,
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -12,17 +12,22 @@ from jaxloss import _checks
 from jaxloss._reduce import compute_dtype, is_zero, reduce_loss, safe_divide
 
 
+def _absent_term(log_input):
+    """The term of a zero target: 0 (the limit of t log t, even against log_input =
+    -inf), but nan where log_input is nan or +inf, which no log-probability is."""
+    return jnp.where(jnp.isnan(log_input) | (log_input == jnp.inf), jnp.nan, 0.0)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _kl_pointwise(log_input, target, log_target):
-    # A zero target (log-target -inf) contributes exactly 0, even against
-    # log_input = -inf: the limit t log t -> 0. A negative or nan target is not a
-    # probability, and its term is nan (log of a negative number).
+    # A negative or nan target is not a probability, and its term is nan (log of a
+    # negative number).
     if log_target:
         absent = target == -jnp.inf
-        return jnp.where(absent, 0.0, jnp.exp(target) * (target - log_input))
+        return jnp.where(absent, _absent_term(log_input), jnp.exp(target) * (target - log_input))
     absent = target == 0
     safe_target = jnp.where(absent, 1.0, target)
-    return jnp.where(absent, 0.0, target * (jnp.log(safe_target) - log_input))
+    return jnp.where(absent, _absent_term(log_input), target * (jnp.log(safe_target) - log_input))
 
 
 def _kl_pointwise_jvp(log_target, primals, tangents):
@@ -34,14 +39,14 @@ def _kl_pointwise_jvp(log_target, primals, tangents):
         absent = target == -jnp.inf
         p = jnp.exp(target)
         if not is_zero(dlog_input):
-            dloss = dloss - p * dlog_input
+            dloss = dloss - jnp.where(absent, _absent_term(log_input), p) * dlog_input
         if not is_zero(dtarget):
             slope = jnp.where(absent, 0.0, p * (target - log_input + 1.0))
             dloss = dloss + slope * dtarget
         return loss, dloss
     absent = target == 0
     if not is_zero(dlog_input):
-        dloss = dloss - jnp.where(absent, 0.0, target) * dlog_input
+        dloss = dloss - jnp.where(absent, _absent_term(log_input), target) * dlog_input
     if not is_zero(dtarget):
         # d/dt [t log t - t x] = log t + 1 - x. At t = 0 it is -inf (one-sided); the rule
         # returns 0 there, so that a target with zeros trains (PyTorch returns nan).
@@ -108,7 +113,8 @@ def kl_div(
     derivative with respect to the target is taken as 0 (PyTorch: nan for both);
     ``"batchmean"`` of an empty batch is 0 (PyTorch: nan); ``target`` must have
     ``log_input``'s shape rather than broadcast. A negative or nan target is not
-    a probability: its term is nan, as in PyTorch.
+    a probability: its term is nan, as in PyTorch; so is the term (and its
+    gradient) of a nan or ``+inf`` ``log_input``, whatever the target.
 
     Examples:
         >>> import jax, jax.numpy as jnp

@@ -133,13 +133,15 @@ class CrossEntropyHead:
         m, s = max_and_sum_exp(z, -1)
         log_s = jnp.log(s[:, 0])
         # Shifted logits below -(largest float) (a -inf bias) count as the largest float,
-        # as in xent_terms.
+        # so that a class without mass adds 0; mass on one makes the loss inf, as in
+        # xent_terms.
         biggest = jnp.finfo(acc).max
         onehot = targets.class_index[:, None] == columns
         target_shift = jnp.sum(jnp.where(onehot, jnp.maximum(z - m, -biggest), fill.zero), -1)
         element_weight = jnp.where(targets.keep, w_y, 0.0)
         scale = element_weight
         loss = element_weight * (log_s - target_shift)
+        lost = (element_weight * (1.0 - eps) > 0) & (target_shift == -biggest)
         spread = self._spread(columns, scalars) if self.options.has_smoothing else None
         if spread is not None:
             shifted = jnp.sum(jnp.maximum(z - m, -biggest) * spread, axis=-1)
@@ -147,6 +149,8 @@ class CrossEntropyHead:
                 targets.keep, jnp.sum(spread) * log_s - shifted, 0.0
             )
             scale = (1.0 - eps) * scale + jnp.where(targets.keep, jnp.sum(spread), 0.0)
+            lost = lost | (targets.keep & jnp.any((z == -jnp.inf) & (spread > 0), axis=-1))
+        loss = jnp.where(lost, jnp.where(s[:, 0] == 0, jnp.nan, jnp.inf), loss)
         loss = jnp.where(targets.bad, jnp.nan, jnp.where(counted, loss, 0.0))
         scale = jnp.where(targets.bad, jnp.nan, scale)
         lse = m[:, 0] + log_s
@@ -361,11 +365,14 @@ def linear_cross_entropy(
       each slice's logits and writes that slice of $\partial L/\partial W$ once. Four
       matmuls, and nothing of size ``H x V`` or ``N x V`` besides the gradient.
 
-    By default two passes are taken when ``w`` is bfloat16 or float16 (one pass would
-    need a float32 ``H x V`` buffer, twice the gradient) and, under sharding, when
-    ``w``'s vocabulary axis is known to be whole on every device; otherwise one.
+    By default two passes are taken when ``w`` is narrower than the accumulation dtype
+    (bfloat16 or float16 ``w``, or float32 ``w`` with float64 ``x``: one pass would need
+    an ``H x V`` buffer of the wider dtype) and wherever the tokens may be split over
+    devices (explicit sharding, or more than one device outside a ``shard_map`` that is
+    manual over every axis), so that the weight gradient is reduced once; otherwise one.
     For ``"none"`` each chunk's logits are recomputed in the backward pass. All of
-    these work in forward and reverse mode, under ``jit`` and ``vmap``. bfloat16
+    these work in forward and reverse mode, under ``jit`` and ``vmap`` (which walks
+    the examples one after another, in one chunk's memory; see docs/large-vocab.md). bfloat16
     operands enter the matmuls with float32 accumulation; softmax statistics and the
     weight gradient accumulate in float32.
 
@@ -432,8 +439,9 @@ def linear_cross_entropy(
     ``z_loss`` and ``logit_softcap`` are treated as constants here (use
     ``cross_entropy`` to differentiate with respect to them).
 
-    PyTorch: ``F.linear_cross_entropy`` (2.13) takes ``w`` as ``[V, H]`` and has no
-    label smoothing or z-loss; Liger-Kernel's fused linear cross-entropy and Cut
+    PyTorch: ``F.linear_cross_entropy`` (2.13) takes ``w`` as ``[V, H]`` and has the
+    same class weights, ``ignore_index``, label smoothing and reductions (values equal),
+    but no z-loss or soft-cap; Liger-Kernel's fused linear cross-entropy and Cut
     Cross-Entropy are the GPU counterparts.
 
     Examples:

@@ -273,17 +273,24 @@ def xent_terms(x, a, m, s):
     ``S = sum_c a_c``: no two large numbers are subtracted, so adding a constant to a
     row of logits changes the loss only by the rounding of the logits themselves.
 
-    A class with logit ``-inf`` (masked) has ``m - x_c = inf``, which is clamped to the
-    largest float: a class with ``a_c = 0`` then contributes exactly 0 rather than
-    ``0 * inf = nan``, and one with ``a_c > 0`` contributes ``a_c`` times the largest
-    float, standing in for the true ``inf``. (A select or a second reduction here would
-    make XLA's CPU backend materialize an N x C temporary.) A row that is all ``-inf``
-    has ``s = 0``; its ``S log s`` term is 0 when ``S = 0``.
+    A class with logit ``-inf`` (masked, probability 0) has ``m - x_c = inf``: with
+    ``a_c = 0`` it contributes exactly 0 rather than ``0 * inf = nan``, and with mass
+    ``a_c > 0`` the loss is the true ``inf`` (never a large finite number that would
+    pass for a loss). A row that is all ``-inf`` (``s = 0``) has no softmax at all:
+    with mass its loss is ``nan``, without it 0.
     """
+    # The shifts are clamped at the largest float so that 0 * inf never forms, and again
+    # at half of it: the two sums differ exactly where mass sits on a shift below that,
+    # which is -inf (logits are finite or -inf). Both are plain sums of products, which
+    # XLA's CPU backend fuses with the reads of x and a (a select or a comparison inside
+    # the sum would have it write an N x C temporary first).
     biggest = jnp.finfo(x.dtype).max
     total = jnp.sum(a, axis=-1)
     cross = -jnp.sum(a * jnp.maximum(x - m, -biggest), axis=-1)
+    half = -jnp.sum(a * jnp.maximum(x - m, -0.5 * biggest), axis=-1)
     loss = total * jnp.log(jnp.maximum(s[..., 0], 1.0)) + cross
+    loss = jnp.where(cross > half, jnp.inf, loss)
+    loss = jnp.where((s[..., 0] == 0) & (total != 0), jnp.nan, loss)
     return loss, m[..., 0] + jnp.log(s[..., 0])
 
 

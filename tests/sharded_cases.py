@@ -224,6 +224,39 @@ def data_parallel_normalizer(mode_name: str) -> None:
         report(mode_name, "shard_map", name, value, (grad_h, grad_w), ref_value, ref_grads, "")
 
 
+def vmapped_examples(mode_name: str) -> None:
+    """``jax.vmap`` over examples split over the devices: each example as on one device,
+    and no more communication than the unfused loss under the same vmap (one all-reduce
+    of the weight gradient, no gather of the examples)."""
+    from jaxloss.benchmark import collective_elements
+
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(MODES[mode_name][0],))
+    keys = jax.random.split(jax.random.key(3), 3)
+    hidden = jax.random.normal(keys[0], (16, 6, H))
+    w = jax.random.normal(keys[1], (H, V)) / 4
+    y = jax.random.randint(keys[2], (16, 6), 0, V)
+    losses = {
+        "vmap_linear_cross_entropy": lambda h, w, y: jl.linear_cross_entropy(h, w, y),
+        "vmap_linear_kl_div": lambda h, w, y: jl.linear_kl_div(h, w, h / 2, w[::-1], targets=y),
+        "vmap_unfused": lambda h, w, y: jl.cross_entropy(h @ w, y),
+    }
+    put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
+    args = (put(hidden, P("d")), put(w, P()), put(y, P("d")))
+    counts = {}
+    for name, loss in losses.items():
+
+        def total(h, w, y, loss=loss):
+            return jnp.sum(jax.vmap(loss, (0, None, 0))(h, w, y) * jnp.arange(1.0, 17.0))
+
+        ref_value, ref_grads = jax.value_and_grad(total, (0, 1))(hidden, w, y)
+        with in_mode(mesh, mode_name):
+            compiled = jax.jit(jax.value_and_grad(total, (0, 1))).lower(*args).compile()
+            value, grads = compiled(*args)
+        counts[name] = sum(collective_elements(compiled.as_text()).values())
+        report(mode_name, "vmap", name, value, grads, ref_value, ref_grads, compiled.as_text())
+    print(json.dumps({"vmap_communication": counts}), flush=True)
+
+
 ALL_REDUCE = re.compile(r"= (\(.*?\)|\S+) all-reduce(?:-start)?\(")
 
 
@@ -294,3 +327,4 @@ if __name__ == "__main__":
     elif part == "fused":
         run_fused_losses(mode_name)
         data_parallel_normalizer(mode_name)
+        vmapped_examples(mode_name)

@@ -382,7 +382,7 @@ def matmul_counts():
 @claim(
     "docs/large-vocab.md",
     "`passes=None` (the default) takes two passes when `w` is",
-    "bfloat16 or float16, and wherever the tokens may be split over devices (more than one",
+    "narrower than the accumulation dtype (bfloat16 or float16, or float32 with float64 `x`),",
 )
 def default_passes():
     from jaxloss._fused.engine import Config
@@ -390,12 +390,15 @@ def default_passes():
     def auto_passes(x, w):
         return Config.resolve(x, w).passes
 
-    x32, w32 = jnp.ones((4, 8)), jnp.ones((8, 32))
+    x32, w32 = jnp.ones((4, 8), jnp.float32), jnp.ones((8, 32), jnp.float32)
     assert auto_passes(x32, w32) == 1
     for dtype in (jnp.bfloat16, jnp.float16):
         assert auto_passes(x32.astype(dtype), w32.astype(dtype)) == 2
         assert auto_passes(x32, w32.astype(dtype)) == 2  # the weight's dtype decides
         assert auto_passes(x32.astype(dtype), w32) == 1
+    x64 = x32.astype(jnp.float64)
+    assert x64.dtype == jnp.float64  # the claims run with float64 enabled
+    assert auto_passes(x64, w32) == 2 and auto_passes(x64, w32.astype(jnp.float64)) == 1
 
 
 @claim(
@@ -416,7 +419,8 @@ def default_vocab_chunk():
 @claim(
     "docs/large-vocab.md",
     "Translate `F.linear_cross_entropy(x, W, t, linear_bias=b)` as",
-    "`jl.linear_cross_entropy(x, W.T, t, bias=b)`.",
+    "`jl.linear_cross_entropy(x, W.T, t, bias=b)`. Its class `weight`, `ignore_index`,",
+    "`label_smoothing` and reductions mean what they mean here, and give the same values;",
 )
 def pytorch_linear_layout():
     torch = pytest.importorskip("torch")
@@ -430,6 +434,41 @@ def pytorch_linear_layout():
     )
     ours = jl.linear_cross_entropy(x, weight.T, t, bias=bias)
     np.testing.assert_allclose(ours, theirs.item(), rtol=1e-5)
+    class_weight = rng.uniform(0.5, 2.0, size=10).astype(np.float32)
+    for reduction in ("mean", "sum", "none"):
+        theirs = torch.nn.functional.linear_cross_entropy(
+            torch.tensor(x), torch.tensor(weight), torch.tensor(np.where(t == -100, 7, t)),
+            weight=torch.tensor(class_weight), ignore_index=7, label_smoothing=0.2,
+            reduction=reduction,
+        )  # fmt: skip
+        ours = jl.linear_cross_entropy(
+            x, weight.T, np.where(t == -100, 7, t), weight=class_weight, ignore_index=7,
+            label_smoothing=0.2, reduction=reduction,
+        )  # fmt: skip
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@claim(
+    "docs/large-vocab.md",
+    "`cross_entropy` spreads label smoothing over the classes",
+    "whose logit is finite, while `linear_cross_entropy` spreads it over all `vocab_size`",
+    "columns, so a column that a `-inf` bias removes still gets its share and the loss is",
+    "`inf`. Pass `vocab_size` to leave columns out.",
+)
+def smoothing_over_a_minus_inf_bias():
+    x, w, y = jnp.eye(3, 4), jnp.eye(4, 5), jnp.array([1, 0, 2])
+    bias = jnp.array([0.0, 0.0, 0.0, 0.0, -jnp.inf])
+    plain = jl.cross_entropy(x @ w + bias, y, label_smoothing=0.1, reduction="sum")
+    assert np.isfinite(plain)
+    for passes in (1, 2):
+        fused = jl.linear_cross_entropy(
+            x, w, y, bias=bias, label_smoothing=0.1, reduction="sum", passes=passes
+        )
+        assert fused == np.inf
+        padded = jl.linear_cross_entropy(
+            x, w, y, label_smoothing=0.1, reduction="sum", passes=passes, vocab_size=4
+        )
+        _close(padded, plain, 1e-6)
 
 
 @claim(

@@ -16,6 +16,8 @@ X = jax.ShapeDtypeStruct((8, 16), jnp.float32)
 X16 = jax.ShapeDtypeStruct((8, 16), jnp.bfloat16)
 Y = jax.ShapeDtypeStruct((8,), jnp.int32)
 W = jax.ShapeDtypeStruct((16,), jnp.float32)
+XB = jax.ShapeDtypeStruct((3, 8, 16), jnp.bfloat16)
+YB = jax.ShapeDtypeStruct((3, 8), jnp.int32)
 
 CASES = {
     "log_softmax": (lambda x: jl.log_softmax(x).sum(), (X,)),
@@ -89,6 +91,17 @@ CASES = {
             jax.ShapeDtypeStruct((8, 4), jnp.int32),
             jax.ShapeDtypeStruct((8, 4), jnp.float32),
         ),
+    ),
+    # Under vmap the fused losses run one example at a time (a custom batching rule).
+    "linear_cross_entropy vmap": (
+        lambda w, x, y: jax.vmap(lambda a, b: jl.linear_cross_entropy(a, w, b, chunk_size=4))(
+            x, y
+        ).sum(),
+        (jax.ShapeDtypeStruct((16, 32), jnp.float32), XB, YB),
+    ),
+    "linear_kl_div vmap": (
+        lambda w, x, y: jax.vmap(lambda a, b: jl.linear_kl_div(a, w, a, w, targets=b))(x, y).sum(),
+        (jax.ShapeDtypeStruct((16, 32), jnp.bfloat16), XB, YB),
     ),
     "linear_cross_entropy none": (
         lambda x, w, y: jl.linear_cross_entropy(x, w, y, reduction="none").sum(),

@@ -154,6 +154,24 @@ def bce_clamped_gradient(torch):
     assert jax.grad(jl.binary_cross_entropy)(jnp.array([0.0]), jnp.array([1.0]))[0] == 0.0
 
 
+@row(
+    "float32 `binary_cross_entropy` with $p$ below the smallest normal float (~1.2e-38), on XLA:CPU"
+)
+def bce_subnormal_probability(torch):
+    p = torch.tensor([1e-40], requires_grad=True)
+    loss = torch.nn.functional.binary_cross_entropy(p, torch.tensor([1.0]))
+    loss.backward()
+    np.testing.assert_allclose(loss.item(), 92.1034, rtol=1e-5)
+    if jax.default_backend() != "cpu":
+        pytest.skip("the flush of subnormal numbers is XLA:CPU's")
+    args = (jnp.array([1e-40], jnp.float32), jnp.array([1.0], jnp.float32))
+    assert jl.binary_cross_entropy(*args) == 100.0
+    assert jax.grad(jl.binary_cross_entropy)(*args)[0] == 0.0
+    with jax.enable_x64(True):
+        wide = (jnp.array([1e-40], jnp.float64), jnp.array([1.0], jnp.float64))
+        np.testing.assert_allclose(jl.binary_cross_entropy(*wide), 92.1034037, rtol=1e-8)
+
+
 @row("`nan` logits of an element whose target is `ignore_index`")
 def nan_logits_ignored(torch):
     F = torch.nn.functional
@@ -378,6 +396,90 @@ def bce_target_outside(torch):
     np.testing.assert_allclose(
         ours, [1.5 * sp - 0.5 * (0.3 + sp), -0.5 * sp + 1.5 * (0.3 + sp)], rtol=1e-6
     )
+
+
+@row(
+    "`kl_div` with a `nan` or `+inf` `log_input` where the target is 0 (or `-inf` with "
+    "`log_target=True`)"
+)
+def kl_nan_input_at_zero_target(torch):
+    F = torch.nn.functional
+    log_q = [NAN, INF, -0.5]
+    for target, log_target in [([0.0, 0.0, 1.0], False), ([-INF, -INF, 0.0], True)]:
+        theirs = F.kl_div(
+            _t(torch, log_q), _t(torch, target), reduction="none", log_target=log_target
+        )
+        assert torch.isnan(theirs[:2]).all() and torch.isfinite(theirs[2])
+        args = (jnp.array(log_q), jnp.array(target))
+        ours = jl.kl_div(*args, reduction="none", log_target=log_target)
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-6)
+        assert np.isnan(jl.kl_div(*args, log_target=log_target))  # and the mean
+        grad = jax.grad(jl.kl_div)(*args, reduction="sum", log_target=log_target)
+        assert np.all(np.isnan(grad[:2])) and grad[2] == -1.0
+
+
+@row("`nll_loss` where the target's class weight is 0 and its log-probability is `-inf`")
+def nll_zero_weight_minus_inf(torch):
+    F = torch.nn.functional
+    log_p, y, w = [[-INF, -0.1], [-0.5, -1.0]], [0, 1], [0.0, 1.0]
+    args = (_t(torch, log_p), torch.tensor(y))
+    assert torch.isnan(F.nll_loss(*args, weight=_t(torch, w), reduction="none")[0])
+    assert torch.isnan(F.nll_loss(*args, weight=_t(torch, w)))
+    mine = (jnp.array(log_p), jnp.array(y))
+    np.testing.assert_array_equal(jl.nll_loss(*mine, weight=jnp.array(w), reduction="none"), [0, 1])
+    assert jl.nll_loss(*mine, weight=jnp.array(w)) == 1.0
+
+
+@row("a row of `cross_entropy` whose logits are all `-inf` and whose probability target is all 0")
+def all_minus_inf_row_without_mass(torch):
+    x, t = [[-INF, -INF], [0.0, 1.0]], [[0.0, 0.0], [0.5, 0.5]]
+    theirs = torch.nn.functional.cross_entropy(_t(torch, x), _t(torch, t), reduction="none")
+    assert torch.isnan(theirs[0]) and torch.isfinite(theirs[1])
+    ours = jl.cross_entropy(jnp.array(x), jnp.array(t), reduction="none")
+    assert ours[0] == 0.0 and np.isclose(ours[1], theirs[1].item())
+
+
+@row("gradient of `cross_entropy` at a `-inf` logit that carries target mass (the loss is `inf`)")
+def gradient_at_minus_inf_target(torch):
+    x = [[0.0, -INF, 1.0]]
+    for target, mass in [(torch.tensor([1]), -1.0), (_t(torch, [[0.5, 0.5, 0.0]]), -0.5)]:
+        tx = _t(torch, x).requires_grad_()
+        loss = torch.nn.functional.cross_entropy(tx, target)
+        loss.backward()
+        assert loss.item() == INF and tx.grad[0, 1].item() == mass
+        mine = jnp.asarray(target.numpy())
+        value, grad = jax.value_and_grad(jl.cross_entropy)(jnp.array(x), mine)
+        assert value == np.inf and grad[0, 1] == 0.0 and np.all(np.isfinite(grad))
+
+
+@row(
+    "`cross_entropy` with target mass (an index target, or probability) on a class whose "
+    "logit is `-inf`, in a row with a finite logit"
+)
+def mass_on_minus_inf(torch):
+    x, t, y = [[0.0, -INF, 1.0]], [[0.5, 0.5, 0.0]], [1]
+    assert torch.nn.functional.cross_entropy(_t(torch, x), _t(torch, t)).item() == INF
+    assert torch.nn.functional.cross_entropy(_t(torch, x), torch.tensor(y)).item() == INF
+    for dtype in (jnp.bfloat16, jnp.float16, jnp.float32):
+        logits = jnp.array(x, dtype)
+        assert jl.cross_entropy(logits, jnp.array(t, dtype), reduction="none")[0] == np.inf
+        assert jl.cross_entropy(logits, jnp.array(y), reduction="none")[0] == np.inf
+        where = jnp.array([[True, False, True]])
+        masked = jl.cross_entropy(jnp.zeros_like(logits), jnp.array(t, dtype), where=where)
+        assert masked == np.inf
+    with jax.enable_x64(True):
+        assert jl.cross_entropy(jnp.array(x), jnp.array(t), reduction="none")[0] == np.inf
+
+
+@row("`cross_entropy` of a row whose logits are all `-inf`, with target mass")
+def all_minus_inf_row(torch):
+    x, t = [[-INF, -INF, -INF]], [[0.2, 0.3, 0.5]]
+    assert torch.isnan(torch.nn.functional.cross_entropy(_t(torch, x), _t(torch, t)))
+    assert torch.isnan(torch.nn.functional.cross_entropy(_t(torch, x), torch.tensor([2])))
+    for dtype in (jnp.bfloat16, jnp.float32):
+        logits = jnp.array(x, dtype)
+        assert np.isnan(jl.cross_entropy(logits, jnp.array(t, dtype)))
+        assert np.isnan(jl.cross_entropy(logits, jnp.array([2])))
 
 
 CHECKS = {situation: check for check, situation in _ROWS}

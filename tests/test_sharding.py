@@ -54,10 +54,15 @@ def test_logit_losses_equal_unsharded_without_vocabulary_wide_all_gathers(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_fused_losses_equal_one_device_in_every_layout(mode):
-    results = run_script("sharded_cases.py", "fused", mode)
-    layouts = {"data", "fsdp", "vocab_on_data", "data+vocab", "vocab", "shard_map"}
+    lines = run_script("sharded_cases.py", "fused", mode)
+    results = [r for r in lines if "vmap_communication" not in r]
+    layouts = {"data", "fsdp", "vocab_on_data", "data+vocab", "vocab", "shard_map", "vmap"}
     assert {r["layout"] for r in results} == layouts
-    assert len(results) == 5 * 7 + 2
+    assert len(results) == 5 * 7 + 2 + 3
+    # vmap over examples split over the devices: each device walks its own examples.
+    (vmapped,) = [r["vmap_communication"] for r in lines if "vmap_communication" in r]
+    unfused = vmapped.pop("vmap_unfused")
+    assert unfused > 0 and all(count <= unfused for count in vmapped.values()), vmapped
     errors = [r for r in results if "error" in r]
     # Explicit sharding cannot multiply tokens and vocabulary split over one axis (nor
     # can x @ w): the error says which reshard to do. Every other case runs.
@@ -74,7 +79,7 @@ def test_fused_losses_equal_one_device_in_every_layout(mode):
     fsdp = [r for r in computed if r["layout"] == "fsdp" and "one_pass" not in r["case"]]
     assert all(len(r["vocab_wide_all_gathers"]) <= 2 for r in fsdp), fsdp
     # Tokens and w's rows stay where they are where their axes differ: no all-gather.
-    whole = [r for r in computed if r["layout"] in ("data", "data+vocab", "vocab")]
+    whole = [r for r in computed if r["layout"] in ("data", "data+vocab", "vocab", "vmap")]
     plain = [r for r in whole if "sequence" not in r["case"] and "topk" not in r["case"]]
     assert plain and not [r for r in plain if r["all_gathers"]], plain[:3]
 

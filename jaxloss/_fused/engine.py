@@ -303,14 +303,14 @@ def _token_pass(head: Head, x, w, bias, tokens, params, token_scale, config: Con
         fill = _loop_fill(acc, i)
         if not grads:
             loss, stats = _chunk_loss(head, x_c, tokens_c, w, bias, params, fill.zero)
-            total = carry.total + jnp.sum(loss * scale_c)
+            total = carry.total + _scaled_sum(loss, scale_c)
             return carry._replace(total=total, stats=chunks.put(carry.stats, i, stats))
         x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, fill.zero.astype(x_c.dtype))
         terms = head.loss_and_grad(_logits(x_c, w, bias, acc), tokens_c, params, fill)
         g = terms.grad * scale_c[:, None]
         g_mm = g.astype(matmul_dtype)
         carry = carry._replace(
-            total=carry.total + jnp.sum(terms.loss * scale_c),
+            total=carry.total + _scaled_sum(terms.loss, scale_c),
             stats=chunks.put(carry.stats, i, terms.stats),
             dx=chunks.put(carry.dx, i, _hidden_grad(g_mm, w, x_c)),
         )
@@ -324,6 +324,12 @@ def _token_pass(head: Head, x, w, bias, tokens, params, token_scale, config: Con
     saved = None if carry.saved is None else chunks.unview(carry.saved)
     dx = None if carry.dx is None else chunks.unview(carry.dx, n)
     return carry._replace(stats=chunks.unview(carry.stats, n), dx=dx, saved=saved)
+
+
+def _scaled_sum(loss, scale):
+    """``sum_n scale_n loss_n`` over the tokens with a nonzero factor: a padding row's
+    loss may be infinite (its target a class of probability 0), and adds nothing."""
+    return jnp.sum(jnp.where(scale != 0, loss * scale, 0.0))
 
 
 def _weight_pass(head: Head, x, w, bias, tokens, params, token_scale, saved, config: Config):
@@ -436,23 +442,113 @@ def gradients(head: Head, x, w, bias, tokens, params, token_scale, config: Confi
     return Gradients(out.total, out.stats[:n], out.dx[:n], dw, db)
 
 
+def one_example_at_a_time(fn):
+    """``fn`` (arrays in, arrays out) that ``jax.vmap`` runs one example after another
+    (``lax.map`` over the batched arguments) instead of batching its loops, which would
+    hold a chunk of logits for every example at once: under ``vmap`` the memory stays
+    one chunk's, and each example's values are those of the unbatched call.
+
+    With the examples split over ``g`` devices (or, under automatic sharding, possibly
+    split: ``g = gcd(B, devices)``) they are taken as ``g`` groups side by side, one
+    example of each group at a time, so that each device walks its own examples."""
+
+    def call(*args):
+        leaves, tree = jax.tree.flatten(args)
+        out_tree = []
+
+        # Flat lists of arrays in and out: forward mode over a custom batching rule
+        # mishandles None in the arguments (bias=None).
+        def flat(*leaves):
+            out = fn(*jax.tree.unflatten(tree, leaves))
+            out_leaves, structure = jax.tree.flatten(out)
+            out_tree[:] = [structure]
+            return out_leaves
+
+        mapped = jax.custom_batching.custom_vmap(flat)
+
+        @mapped.def_vmap
+        def rule(axis_size, in_batched, *leaves):
+            if not any(in_batched):  # forward mode batches only the tangents
+                return flat(*leaves), [False] * out_tree[0].num_leaves
+            batched = [a for a, b in zip(leaves, in_batched, strict=True) if b]
+            groups = _example_groups(axis_size, batched)
+
+            def one(inner, slices):
+                slices = iter(slices)
+                return inner(
+                    *[next(slices) if b else a for a, b in zip(leaves, in_batched, strict=True)]
+                )
+
+            if groups == 1:
+                out = jax.lax.map(functools.partial(one, mapped), batched)
+            else:
+                split = [_split_examples(a, groups) for a in batched]
+                walk = functools.partial(jax.lax.map, functools.partial(one, flat))
+                out = [_merge_examples(o) for o in jax.vmap(walk)(split)]
+            return out, [True] * len(out)
+
+        # Differentiated as the plain function: JAX cannot linearize through a custom
+        # batching rule (second-order reverse mode would fail), only batch it.
+        differentiable = jax.custom_jvp(lambda *leaves: mapped(*leaves))
+        differentiable.defjvp(lambda primals, tangents: jax.jvp(flat, primals, tangents))
+        out = differentiable(*leaves)
+        return jax.tree.unflatten(out_tree[0], out)
+
+    return call
+
+
+def _example_groups(count: int, batched) -> int:
+    """Into how many groups ``vmap``'s ``count`` examples are split over devices."""
+    shardings = [s for s in map(explicit_sharding, batched) if s is not None]
+    if shardings:
+        sizes = dict(zip(shardings[0].mesh.axis_names, shardings[0].mesh.axis_sizes, strict=True))
+        return max(math.prod(sizes[n] for n in jax.tree.leaves(s.spec[:1])) for s in shardings)
+    if not spread_over_devices(batched[0]):
+        return 1
+    return math.gcd(count, jax.device_count())
+
+
+def _split_examples(a, groups: int):
+    shape = (groups, a.shape[0] // groups, *a.shape[1:])
+    sharding = explicit_sharding(a)
+    if sharding is None:
+        return a.reshape(shape)
+    spec = jax.P(*sharding.spec[:1], None, *sharding.spec[1:])
+    return jnp.reshape(a, shape, out_sharding=jax.NamedSharding(sharding.mesh, spec))
+
+
+def _merge_examples(a):
+    shape = (a.shape[0] * a.shape[1], *a.shape[2:])
+    sharding = explicit_sharding(a)
+    if sharding is None:
+        return a.reshape(shape)
+    spec = jax.P(sharding.spec[0], *sharding.spec[2:])
+    return jnp.reshape(a, shape, out_sharding=jax.NamedSharding(sharding.mesh, spec))
+
+
+def _forward(head: Head, config: Config, x, w, bias, tokens, params, token_scale):
+    w, _ = _whole_hidden(w, spread_over_devices(x))
+    out = _token_pass(head, x, w, bias, tokens, params, token_scale, config, grads=0)
+    return out.total, out.stats
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 7))
 def fused_sum(head: Head, x, w, bias, tokens, params, token_scale, config: Config):
     """``sum_n token_scale_n l_n`` over ``x`` ``[n, H]`` and the per-token statistics
     (for logging; they carry no tangent)."""
-    w, _ = _whole_hidden(w, spread_over_devices(x))
-    out = _token_pass(head, x, w, bias, tokens, params, token_scale, config, grads=0)
-    return out.total, out.stats
+    forward = one_example_at_a_time(functools.partial(_forward, head, config))
+    return forward(x, w, bias, tokens, params, token_scale)
 
 
 @fused_sum.defjvp
 def _fused_sum_jvp(head, config, primals, tangents):
     # The gradients are formed in the forward pass(es), while each chunk's logits are at
     # hand; the tangent is their inner product with the input tangents, which JAX
-    # transposes for reverse mode without another pass over the vocabulary.
+    # transposes for reverse mode without another pass over the vocabulary. Only the
+    # tangent-free part runs one example at a time under vmap.
     x, w, bias, tokens, params, token_scale = primals
     dx, dw, dbias = tangents[:3]
-    grads = gradients(head, x, w, bias, tokens, params, token_scale, config)
+    grads = one_example_at_a_time(functools.partial(_gradients, head, config))(*primals)
     dloss = jnp.zeros((), grads.total.dtype)
     # Products in the inputs' dtype, sums in float32: transposed for reverse mode this is
     # one multiplication producing a gradient of the inputs' dtype, with no float32 copy.
@@ -465,6 +561,10 @@ def _fused_sum_jvp(head, config, primals, tangents):
     return (grads.total, grads.stats), (dloss, jnp.zeros_like(grads.stats))
 
 
+def _gradients(head, config, *primals):
+    return gradients(head, *primals, config)
+
+
 def _chunk_loss(head: Head, x_c, tokens_c, w, bias, params, zero=0.0):
     """One chunk's per-token losses (differentiable) and statistics (not); the rows of
     tokens that add nothing are set to ``zero`` before the product."""
@@ -474,8 +574,7 @@ def _chunk_loss(head: Head, x_c, tokens_c, w, bias, params, zero=0.0):
     return loss, jax.lax.stop_gradient(stats)
 
 
-def per_token_loss(head: Head, x, w, bias, tokens, params, config: Config):
-    """Per-token losses and statistics; each chunk is recomputed in the backward pass."""
+def _per_token(head: Head, config: Config, x, w, bias, tokens, params):
     n = x.shape[0]
     chunks = Chunks.of(n, config.chunk_size, spread_over_devices(x))
     xs = chunks.stack(chunks.pad(x))
@@ -487,3 +586,11 @@ def per_token_loss(head: Head, x, w, bias, tokens, params, config: Config):
 
     _, (loss, stats) = jax.lax.scan(body, None, (xs, ts))
     return chunks.unstack(loss, n), chunks.unstack(stats, n)
+
+
+def per_token_loss(head: Head, x, w, bias, tokens, params, config: Config):
+    """Per-token losses and statistics; each chunk is recomputed in the backward pass.
+    Under ``vmap`` the loss runs one example at a time, while its derivatives batch the
+    chunks (``one_example_at_a_time`` differentiates the plain loop)."""
+    forward = one_example_at_a_time(functools.partial(_per_token, head, config))
+    return forward(x, w, bias, tokens, params)

@@ -106,8 +106,15 @@ def ignore_index(value) -> int:
     return int(value)
 
 
-def is_concrete(value) -> bool:
-    return not isinstance(value, jax.core.Tracer)
+def is_readable(value) -> bool:
+    """Whether this process can read ``value`` at trace time: not a tracer, and not a
+    global array with parts on other processes' devices (reading one would need them:
+    such values are left unchecked, as traced ones are)."""
+    if isinstance(value, jax.core.Tracer):
+        return False
+    if isinstance(value, jax.Array):
+        return value.is_fully_addressable or value.is_fully_replicated
+    return True
 
 
 def is_static_zero(value) -> bool:
@@ -123,7 +130,7 @@ def _concrete_float(value) -> float | None:
     ``jnp.asarray`` of a Python number inside ``jit`` already gives a tracer."""
     if isinstance(value, numbers.Real):
         return float(value)
-    if is_concrete(value):
+    if is_readable(value):
         try:
             return float(np.asarray(value))
         except (TypeError, ValueError):
@@ -203,14 +210,15 @@ def vocab_size(value, padded: int) -> int:
     return count
 
 
-def class_weight(weight, num_classes: int) -> jax.Array | None:
-    """Per-class weights: a floating vector of length ``num_classes``."""
+def class_weight(weight, num_classes: int, name: str = "weight") -> jax.Array | None:
+    """Per-class weights (the argument ``name``): a floating vector of length
+    ``num_classes``."""
     if weight is None:
         return None
-    weight = floating_input("weight", weight)
+    weight = floating_input(name, weight)
     if weight.shape != (num_classes,):
         raise ValueError(
-            f"weight must have shape ({num_classes},), one entry per class, "
+            f"{name} must have shape ({num_classes},), one entry per class, "
             f"got shape {weight.shape}"
         )
     return weight
@@ -307,7 +315,7 @@ def token_weighting(
         ):
             raise TypeError(f"token_weight must be real, got dtype {token_weight.dtype}")
         token_weight = same_shape("token_weight", token_weight, shape, "the targets'")
-        if is_concrete(token_weight):
+        if is_readable(token_weight):
             values = np.asarray(token_weight, np.float64)
             if not np.all(np.isfinite(values) & (values >= 0)):
                 raise ValueError("token_weight must be finite and non-negative")

@@ -309,12 +309,16 @@ def linear_kl_div(
 
     with $c_n$ the reduction's factor of token $n$ (as in
     [`linear_cross_entropy`][jaxloss.linear_cross_entropy]). For ``"mean"``, ``"sum"``
-    and ``"sequence_mean"`` these are formed chunk by chunk in one pass over the tokens:
-    one matmul for the student's logits, one for the teacher's (none with
-    ``teacher_topk``) and two for the gradients, with the weight gradient summed over
-    the chunks in an ``H x V`` buffer of the accumulation dtype. Neither head's
-    ``N x V`` logits exist; a chunk holds ``chunk_size x V`` of each. For ``"none"``
-    each chunk is recomputed in the backward pass.
+    and ``"sequence_mean"`` these are formed chunk by chunk while the logits are at
+    hand. With one pass over the tokens that is four matmuls per chunk (three with
+    ``teacher_topk``): the student's logits, the teacher's, and two for the
+    gradients, the weight gradient summed over the chunks in an ``H x V`` buffer of
+    the accumulation dtype. With two passes (the default where
+    ``linear_cross_entropy`` takes them) the second pass walks the vocabulary in
+    slices and computes both heads' logits of each slice again: six matmuls (four
+    with ``teacher_topk``), and no ``H x V`` buffer. Neither head's ``N x V``
+    logits exist; a chunk holds ``chunk_size x V`` of each. For ``"none"`` each
+    chunk is recomputed in the backward pass.
 
     Args:
         x: the student's floating hidden states ``[..., H]``.
@@ -340,7 +344,7 @@ def linear_kl_div(
         normalizer: optional denominator of ``"mean"``/``"sequence_mean"`` (as in
             ``linear_cross_entropy``).
         chunk_size: tokens per chunk (static); by default the largest power of two
-            whose float32 logits fit in 16 MiB.
+            whose float32 logits fit in 16 MiB, and at least 8.
         passes: 1 or 2 (static), as in ``linear_cross_entropy``: two passes keep no
             ``H x V`` buffer and, on several devices, reduce the weight gradient once
             per step; ``None`` chooses as ``linear_cross_entropy`` does.

@@ -225,7 +225,7 @@ def softmax_focal_loss(
         num_classes = x.shape[options.axis]
         if alpha.ndim == 0:
             alpha = jnp.broadcast_to(alpha, (num_classes,))
-        class_weight = _checks.class_weight(alpha, num_classes)
+        class_weight = _checks.class_weight(alpha, num_classes, name="alpha")
     return _softmax_modulated(x, targets, class_weight, smoothing, where, options, FOCAL, gamma)
 
 

@@ -328,9 +328,10 @@ def linear_cross_entropy(
 
     For language-model heads with large vocabularies: the result equals
     ``cross_entropy(x @ w + bias, targets, ...)`` to float32 rounding, but tokens
-    are processed in chunks, so peak memory is one chunk of logits
-    (``chunk_size x V`` floats) instead of ``N x V`` for the logits and again for
-    their gradient.
+    are processed in chunks, so peak memory is a few chunk-sized buffers
+    (``chunk_size x V`` floats: the chunk's logits and their gradient, about five
+    with smoothing, z-loss and soft-cap together) instead of ``N x V`` for the
+    logits and again for their gradient.
 
     $$
     \ell_n = \sum_v a_{n,v}\,\big(\operatorname{lse}(z_n) - z_{n,v}\big)
@@ -390,7 +391,7 @@ def linear_cross_entropy(
         z_loss: coefficient of the $\operatorname{lse}^2$ penalty (PaLM), default 0.
         logit_softcap: optional $c > 0$ for $c\tanh(z/c)$ (Gemma 2).
         chunk_size: tokens per chunk (static); by default the largest power of two
-            whose float32 logits fit in 16 MiB.
+            whose float32 logits fit in 16 MiB, and at least 8.
         passes: 1 or 2, how the gradients of ``"mean"`` and ``"sum"`` are formed
             (static; see above); ``None`` chooses by ``w``'s dtype.
         vocab_chunk_size: vocabulary columns per step of the second pass (static); by

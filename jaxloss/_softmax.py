@@ -70,6 +70,8 @@ def _normalized(fn, x, axis, where):
     x = _checks.floating_input("x", x, min_ndim=1)
     axis = _checks.class_axis(axis, x.ndim)
     where = _checks.where_mask(where, x.shape)
+    if x.shape[axis] == 0:  # nothing to normalize: the empty result, as in PyTorch
+        return x
     return _apply_normalized(fn, x, axis, where)
 
 

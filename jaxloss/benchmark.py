@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m jaxloss.benchmark [losses|linear|all] [options]``.
+"""Benchmarks: ``python -m jaxloss.benchmark [losses|linear|lm|all] [options]``.
 
 ``losses``: value-and-gradient time of jaxloss against optax's equivalent and the
 copy floor (a jitted ``x * 2``: one read and one write of the logits), run
@@ -307,7 +307,7 @@ def peak_rss_growth(n: int, h: int, v: int, variant: str, dtype) -> int | None:
 
 
 # Published loss-and-gradient memory of the GPU kernels, quoted beside our rows of the same
-# shape (their figures; not measured here).
+# shape, or the nearest one (their figures, their shapes; not measured here).
 PUBLISHED = {
     (8192, 2304, 256000, "bfloat16"): (
         "Cut Cross-Entropy: 1164 MB (MiB by its size: dx and dw alone are 1161 MiB) for"

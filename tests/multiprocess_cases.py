@@ -94,6 +94,17 @@ def main(port: int, num_processes: int, process_id: int) -> None:
             value, grad = compiled(*args)
             report(layout, name, value, grad, *references[name], compiled.as_text())
 
+    # Called eagerly (no jit of the caller's own) with a token_weight that spans both
+    # processes: its values cannot be read here, so they go unchecked rather than fetched.
+    token_weight = rng.uniform(0.0, 2.0, N).astype(np.float32)
+    with jax.default_device(jax.local_devices()[0]):
+        reference = jax.value_and_grad(jl.cross_entropy)(logits, y, token_weight=token_weight)
+    args = (global_array(mesh, P("data", None), logits), global_array(mesh, P("data"), y))
+    tw = global_array(mesh, P("data"), token_weight)
+    assert not tw.is_fully_addressable
+    value, grad = jax.value_and_grad(jl.cross_entropy)(*args, token_weight=tw)
+    report("batch", "cross_entropy_eager_token_weight", value, grad, *reference, "")
+
     # The language-model head: tokens over "data", w's vocabulary over "vocab".
     def linear(h, w, y, passes=None):
         return jl.linear_cross_entropy(h, w, y, chunk_size=8, label_smoothing=0.1, passes=passes)

@@ -110,6 +110,7 @@ def test_every_option_has_help_and_states_its_default(capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
+    assert "python -m jaxloss.benchmark [losses|linear|lm|all]" in text  # the description
     for option, default in [
         ("{all,losses,linear,lm}", "(default: all)"),
         ("--lm-shapes LM_SHAPES", "(default: 8192x512x65536,2048x512x32768)"),

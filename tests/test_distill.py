@@ -258,3 +258,20 @@ def test_errors_name_their_argument():
         jl.linear_kl_div(x, w, x, w, targets=jnp.zeros(3, int))
     with pytest.raises(ValueError, match="w must have shape"):
         jl.linear_kl_div(x, w.T, x, w)
+
+
+def test_matmul_counts_as_documented():
+    """The docstring's count: four matmuls in one pass (three with a top-k teacher), six
+    in two (four)."""
+    from jaxloss import benchmark
+
+    x, w, y, teacher_x, teacher_w = _problem()
+    ids, log_probs = _topk(teacher_x, teacher_w)
+    for passes, dense, topk in [(1, 4, 3), (2, 6, 4)]:
+        steps = {
+            dense: lambda x, w: jl.linear_kl_div(x, w, teacher_x, teacher_w, passes=passes),
+            topk: lambda x, w: jl.linear_kl_div(x, w, teacher_topk=(ids, log_probs), passes=passes),
+        }
+        for want, loss in steps.items():
+            step = jax.value_and_grad(loss, argnums=(0, 1))
+            assert benchmark.count_matmuls(step, x, w) == want, (passes, want)

@@ -340,7 +340,7 @@ def logits_arithmetic():
 @claim(
     "docs/large-vocab.md",
     "The chunk (`chunk_size` tokens) is chosen automatically as the largest power of",
-    "two whose float32 logits fit in 16 MiB; pass `chunk_size` to override it. The",
+    "Pass `chunk_size` to override it. The",
     "tail is padded with ignored tokens, so any N works.",
 )
 def automatic_chunk():
@@ -446,6 +446,73 @@ def pytorch_linear_layout():
             label_smoothing=0.2, reduction=reduction,
         )  # fmt: skip
         np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@claim(
+    "docs/large-vocab.md",
+    "two whose float32 logits fit in 16 MiB, and at least 8 rows: past V = 524,288 the",
+    "8 rows are more than 16 MiB (30.5 MiB at V = 10⁶).",
+)
+def chunk_at_least_eight_rows():
+    assert auto_chunk_size(8192, 524288) == 8 and 8 * 524288 * 4 == CHUNK_BYTES
+    assert auto_chunk_size(8192, 10**6) == 8
+    assert round(8 * 10**6 * 4 / 2**20, 1) == 30.5
+
+
+@claim(
+    "docs/large-vocab.md",
+    "z-loss and soft-capping together (compiled temporaries of 5.0 chunks with one pass",
+    "and 5.5 with two at N = 4096, H = 64, V = 32768, against 2.0 and 2.5 without them);",
+)
+def chunk_buffers_with_options():
+    n, h, v = 4096, 64, 32768
+    shapes = (
+        jax.ShapeDtypeStruct((n, h), jnp.float32),
+        jax.ShapeDtypeStruct((h, v), jnp.float32),
+        jax.ShapeDtypeStruct((n,), jnp.int32),
+    )
+    chunk_bytes = auto_chunk_size(n, v) * v * 4
+    options = {"label_smoothing": 0.1, "z_loss": 1e-4, "logit_softcap": 30.0}
+    for kwargs, want in [({}, (2.0, 2.5)), (options, (5.0, 5.5))]:
+        for passes, chunks in zip((1, 2), want, strict=True):
+
+            def loss(x, w, y, passes=passes, kwargs=kwargs):
+                return jl.linear_cross_entropy(x, w, y, passes=passes, **kwargs)
+
+            step = jax.jit(jax.value_and_grad(loss, (0, 1))).lower(*shapes).compile()
+            measured = step.memory_analysis().temp_size_in_bytes / chunk_bytes
+            assert abs(measured - chunks) < 0.05, (kwargs, passes, measured)
+
+
+@claim(
+    "docs/backends.md",
+    "| 2026-11-30 | CPU | as above | as above | `python -m jaxloss.benchmark` |",
+)
+def benchmark_date_is_the_measurements():
+    for path in sorted((DOCS / "measurements").glob("cpu-*.json")):
+        if "lm-head" not in path.name:
+            assert json.loads(path.read_text())["environment"]["date"] == "2026-11-30", path
+    assert "2026-11-30, cpu (cpu x1, x86_64)" in _page("docs/benchmarks.md")
+
+
+@claim(
+    "README.md",
+    "the loss depends only on the differences within a row, so adding",
+    "a constant that the logits hold exactly changes nothing; a shift that rounds the",
+    "logits, such as 1e6 added to float32 logits, changes it by that rounding),",
+)
+def shift_invariance():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(64, 100)), jnp.float32)
+    y = jnp.arange(64) % 100
+    for shift in (1e4, -1e4, 1024.0):  # exact in float32 on a grid of 1/64
+        x_grid = jnp.round(x * 64) / 64
+        shifted = x_grid + shift
+        assert np.all(np.asarray(shifted - shift) == np.asarray(x_grid))
+        assert jl.cross_entropy(shifted, y) == jl.cross_entropy(x_grid, y)
+    moved = x + 1e6
+    rounded = np.asarray(moved, np.float64) - 1e6  # the logits as float32 holds them
+    _close(jl.cross_entropy(moved, y), jl.cross_entropy(jnp.asarray(rounded), y), 1e-6)
+    assert jl.cross_entropy(moved, y) != jl.cross_entropy(x, y)
 
 
 @claim(

@@ -27,6 +27,25 @@ def test_python_blocks_run(page):
         exec(compile(block, str(page), "exec"), namespace)  # noqa: S102
 
 
+def test_sharding_page_runs_on_a_device_count_that_divides_nothing_in_it():
+    """docs/sharding.md's blocks on 3 host CPU devices (a subprocess: the device count is
+    fixed when JAX starts)."""
+    script = (
+        "import os, pathlib, re\n"
+        "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=3'\n"
+        "os.environ['JAX_PLATFORMS'] = 'cpu'\n"
+        "import jax\n"
+        "assert jax.device_count() == 3\n"
+        f"page = pathlib.Path({str(ROOT / 'docs' / 'sharding.md')!r}).read_text()\n"
+        f"for block in re.findall({BLOCK.pattern!r}, page, re.S | re.M):\n"
+        "    exec(compile(block, 'sharding.md', 'exec'), {'__name__': 'docs_sharding'})\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_readme_has_exactly_two_setup_commands():
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"^```bash\n(.*?)^```", readme, re.S | re.M)

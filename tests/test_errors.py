@@ -55,6 +55,12 @@ CASES = [
         r"weight must have shape \(3,\)",
     ),
     (
+        "focal alpha length",
+        lambda: jl.softmax_focal_loss(X, Y, alpha=jnp.ones(4)),
+        ValueError,
+        r"^alpha must have shape \(3,\)",
+    ),
+    (
         "integer weight",
         lambda: jl.cross_entropy(X, Y, weight=jnp.ones(3, int)),
         TypeError,

@@ -65,7 +65,11 @@ def test_losses_across_processes_equal_one_device():
         (layout, case)
         for layout in ("batch", "vocab", "batch+vocab")
         for case in ("cross_entropy", "cross_entropy_sequence_mean")
-    } | {("tokens+vocab", "linear_cross_entropy"), ("tokens+vocab", "linear_kl_div")}
+    } | {
+        ("tokens+vocab", "linear_cross_entropy"),
+        ("tokens+vocab", "linear_kl_div"),
+        ("batch", "cross_entropy_eager_token_weight"),
+    }
     # Every process reports every case, each for its own shards.
     assert sorted(r["process"] for r in results) == sorted(list(range(PROCESSES)) * len(cases))
     for r in results:

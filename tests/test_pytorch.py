@@ -482,6 +482,19 @@ def all_minus_inf_row(torch):
         assert np.isnan(jl.cross_entropy(logits, jnp.array([2])))
 
 
+@row("`log_softmax` or `softmax` over an axis of length 0")
+def normalize_empty_axis(torch):
+    F = torch.nn.functional
+    for theirs, ours in [(F.log_softmax, jl.log_softmax), (F.softmax, jl.softmax)]:
+        assert theirs(torch.zeros(3, 0), dim=-1).shape == (3, 0)
+        assert theirs(torch.zeros(0, 4, dtype=torch.float64), dim=0).shape == (0, 4)
+        for shape, axis, dtype in [((3, 0), -1, jnp.float32), ((0, 4), 0, jnp.bfloat16)]:
+            out = ours(jnp.zeros(shape, dtype), axis=axis)
+            assert out.shape == shape and out.dtype == dtype
+            grad = jax.grad(lambda x, ours=ours, axis=axis: ours(x, axis=axis).sum())
+            assert grad(jnp.zeros(shape)).shape == shape
+
+
 CHECKS = {situation: check for check, situation in _ROWS}
 
 

@@ -28,6 +28,22 @@ def max_and_sum_exp(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
     return m, s
 
 
+def max_min_and_sum_exp(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``max_and_sum_exp`` along the last axis, and each row's minimum (no keepdims),
+    found in the same read of ``x`` as the maximum (one variadic reduction)."""
+    frozen = jax.lax.stop_gradient(x)
+    low_init = jnp.array(jnp.inf, x.dtype)
+    top, low = jax.lax.reduce(
+        (frozen, frozen),
+        (jnp.array(-jnp.inf, x.dtype), low_init),
+        lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])),
+        (x.ndim - 1,),
+    )
+    m = jnp.where(top == -jnp.inf, 0.0, top)[..., None]
+    s = jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)
+    return m, s, low
+
+
 def _mask_logits(x: jax.Array, where: jax.Array | None) -> jax.Array:
     return x if where is None else jnp.where(where, x, -jnp.inf)
 

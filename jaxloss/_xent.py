@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss._reduce import class_weight_of, explicit_sharding, is_zero
-from jaxloss._softmax import max_and_sum_exp
+from jaxloss._softmax import max_and_sum_exp, max_min_and_sum_exp
 
 # --- the static and traced configuration of one call ---------------------------------
 
@@ -266,7 +266,7 @@ def logit_gradient(scale, p, a, fill: Fill = CONSTANT_FILL):
     return jnp.where((scale != 0) | (a != 0), scale * p - a, fill.zero)
 
 
-def xent_terms(x, a, m, s):
+def xent_terms(x, a, m, s, low):
     """Cross-entropy and log-sum-exp along the last axis from the shift ``m`` and sum ``s``.
 
     ``sum_c a_c (lse - x_c)`` is evaluated as ``S log s + sum_c a_c (m - x_c)`` with
@@ -287,9 +287,15 @@ def xent_terms(x, a, m, s):
     biggest = jnp.finfo(x.dtype).max
     total = jnp.sum(a, axis=-1)
     cross = -jnp.sum(a * jnp.maximum(x - m, -biggest), axis=-1)
-    half = -jnp.sum(a * jnp.maximum(x - m, -0.5 * biggest), axis=-1)
     loss = total * jnp.log(jnp.maximum(s[..., 0], 1.0)) + cross
-    loss = jnp.where(cross > half, jnp.inf, loss)
+
+    def mass_on_minus_inf(loss):
+        half = -jnp.sum(a * jnp.maximum(x - m, -0.5 * biggest), axis=-1)
+        return jnp.where(cross > half, jnp.inf, loss)
+
+    # The second sum only where some logit is -inf (``low``, each row's minimum).
+    any_minus_inf = jnp.any(low == -jnp.inf)
+    loss = jax.lax.cond(any_minus_inf, mass_on_minus_inf, lambda loss: loss, loss)
     loss = jnp.where((s[..., 0] == 0) & (total != 0), jnp.nan, loss)
     return loss, m[..., 0] + jnp.log(s[..., 0])
 
@@ -297,8 +303,7 @@ def xent_terms(x, a, m, s):
 @jax.custom_jvp
 def softmax_cross_entropy(x: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns ``(sum_c a_c * -log_softmax(x)_c, logsumexp(x))`` along the last axis."""
-    m, s = max_and_sum_exp(x, -1)
-    return xent_terms(x, a, m, s)
+    return xent_terms(x, a, *max_min_and_sum_exp(x))
 
 
 def _softmax_cross_entropy_jvp(primals, tangents):
@@ -307,8 +312,8 @@ def _softmax_cross_entropy_jvp(primals, tangents):
     # and by the convention 0 * log 0 = 0 their -log p is taken as 0 for da.
     x, a = primals
     dx, da = tangents
-    m, s = max_and_sum_exp(x, -1)
-    loss, lse = xent_terms(x, a, m, s)
+    m, s, low = max_min_and_sum_exp(x)
+    loss, lse = xent_terms(x, a, m, s, low)
     dloss = jnp.zeros_like(loss)
     dlse = jnp.zeros_like(lse)
     if not is_zero(dx):

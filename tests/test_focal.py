@@ -272,7 +272,7 @@ def test_errors_name_their_argument():
         jl.sigmoid_focal_loss(x, x, gamma=-0.5)
     with pytest.raises(ValueError, match="alpha must be"):
         jl.sigmoid_focal_loss(x, x, alpha=1.5)
-    with pytest.raises(ValueError, match="weight must have shape"):
+    with pytest.raises(ValueError, match="^alpha must have shape"):
         jl.softmax_focal_loss(x, y, alpha=jnp.ones(4))
     with pytest.raises(ValueError, match="epsilon must be >= -1"):
         jl.poly1_cross_entropy(x, y, epsilon=-2.0)

@@ -383,3 +383,26 @@ def test_cross_entropy_z_loss_and_softcap_follow_their_formulas(x64):
     np.testing.assert_allclose(
         capped, jl.cross_entropy(2.0 * jnp.tanh(logits / 2.0), y, reduction="none"), rtol=1e-12
     )
+
+
+def test_a_target_on_a_minus_inf_bias_column_costs_inf():
+    """As cross_entropy: target mass on a column of probability 0 is an infinite loss
+    (never the largest finite float); a column without mass adds nothing."""
+    x, w = jnp.eye(3, 4), jnp.eye(4, 5)
+    bias = jnp.array([0.0, -jnp.inf, 0.0, 0.0, 0.0])
+    y = jnp.array([1, 0, 2])
+    unfused = jl.cross_entropy(x @ w + bias, y, reduction="none")
+    assert unfused[0] == np.inf and np.all(np.isfinite(unfused[1:]))
+    per_token = jl.linear_cross_entropy(x, w, y, bias=bias, reduction="none")
+    np.testing.assert_array_equal(per_token, unfused)
+    for passes in (1, 2):
+        total = jl.linear_cross_entropy(x, w, y, bias=bias, reduction="sum", passes=passes)
+        assert total == np.inf
+        total, _ = jax.value_and_grad(  # the value that the gradient pass forms
+            lambda x, passes=passes: jl.linear_cross_entropy(
+                x, w, y, bias=bias, reduction="sum", passes=passes
+            )
+        )(x)
+        assert total == np.inf
+        rest = jl.linear_cross_entropy(x[1:], w, y[1:], bias=bias, passes=passes)
+        np.testing.assert_allclose(rest, jnp.mean(unfused[1:]), rtol=1e-6)

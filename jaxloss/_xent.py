@@ -439,9 +439,9 @@ def _index_cross_entropy_jvp(options, primals, tangents):
     dloss = jnp.zeros_like(terms.loss)
     dlse = jnp.zeros_like(terms.lse)
     if not is_zero(dx):
-        # exp((x - m) - log s) rather than the forward's exp(x - m) / s: a distinct
-        # expression, so XLA does not keep that N x C array alive between the passes.
-        p = jnp.exp((x - terms.shift) - terms.log_s)
+        # exp(x - m) as in the forward's sum: XLA computes it once, in a buffer that the
+        # gradient then overwrites (no temporary), and the gradient reads no logits.
+        p = jnp.exp(x - terms.shift) * jnp.exp(-terms.log_s)
         if options.has_smoothing:
             share = jnp.where(terms.live, (eps / terms.live_count)[..., None], 0.0)
             a, _ = index_coefficients(targets, x.shape[-1], class_weight, x.dtype, eps, share)
@@ -451,9 +451,15 @@ def _index_cross_entropy_jvp(options, primals, tangents):
         else:
             a, _ = index_coefficients(targets, x.shape[-1], class_weight, x.dtype)
             scale = terms.w_y
+        # A -inf logit is a constant (a mask): a target there (nll = inf) gets no
+        # gradient, decided per row; elsewhere p = 0 and a = 0 already give 0.
+        dead = (terms.nll == jnp.inf)[..., None] & (
+            targets.class_index[..., None] == jnp.arange(x.shape[-1], dtype=jnp.int32)
+        )
+        a = jnp.where(dead, 0.0, a)
         grad = jnp.where(counted[..., None], logit_gradient(scale[..., None], p, a), 0.0)
         grad = jnp.where(targets.bad[..., None], jnp.nan, grad)
-        dloss = dloss + jnp.sum(grad * drop_minus_inf_tangent(x, dx), axis=-1)
+        dloss = dloss + jnp.sum(grad * dx, axis=-1)
         # Masked before the product: transposed, 0 * p would be nan for a row of nan logits.
         dlse = jnp.sum(jnp.where(counted[..., None], p, 0.0) * dx, axis=-1)
     dclass_weight = dscalars.class_weight

@@ -30,7 +30,14 @@ def max_and_sum_exp(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
 
 def max_min_and_sum_exp(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``max_and_sum_exp`` along the last axis, and each row's minimum (no keepdims),
-    found in the same read of ``x`` as the maximum (one variadic reduction)."""
+    found in the same read of ``x`` as the maximum (one variadic reduction).
+
+    With several devices the two are separate reductions: the partitioner combines a
+    variadic reduction split over the classes by all-gathering every device's partial
+    results, where it all-reduces a plain one."""
+    if jax.device_count() > 1:
+        m, s = max_and_sum_exp(x, -1)
+        return m, s, jnp.min(jax.lax.stop_gradient(x), axis=-1)
     frozen = jax.lax.stop_gradient(x)
     low_init = jnp.array(jnp.inf, x.dtype)
     top, low = jax.lax.reduce(

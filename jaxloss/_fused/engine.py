@@ -18,6 +18,10 @@ product with the input tangents; reverse mode needs nothing more. Two ways:
 
 ``per_token_loss`` serves ``"none"``: each chunk is recomputed in the backward pass
 (``jax.checkpoint``).
+
+Under ``jax.vmap`` the loops would hold a chunk for every example at once:
+``one_example_at_a_time`` gives the forward pass and the gradients a batching rule that
+walks the examples instead.
 """
 
 from __future__ import annotations

@@ -22,8 +22,12 @@ def max_and_sum_exp(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
     carries no gradient: every quantity built from ``(m, s)`` here is invariant to
     the shift, so its derivative cancels exactly.
     """
-    m = jnp.max(x, axis=axis, keepdims=True)
-    m = jax.lax.stop_gradient(jnp.where(m == -jnp.inf, 0.0, m))
+    return _shift_and_sum_exp(x, jnp.max(x, axis=axis, keepdims=True), axis)
+
+
+def _shift_and_sum_exp(x: jax.Array, top: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """``(m, s)`` of ``max_and_sum_exp`` from the row maximum ``top`` (with keepdims)."""
+    m = jax.lax.stop_gradient(jnp.where(top == -jnp.inf, 0.0, top))
     s = jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True)
     return m, s
 
@@ -39,16 +43,13 @@ def max_min_and_sum_exp(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         m, s = max_and_sum_exp(x, -1)
         return m, s, jnp.min(jax.lax.stop_gradient(x), axis=-1)
     frozen = jax.lax.stop_gradient(x)
-    low_init = jnp.array(jnp.inf, x.dtype)
     top, low = jax.lax.reduce(
         (frozen, frozen),
-        (jnp.array(-jnp.inf, x.dtype), low_init),
+        (jnp.array(-jnp.inf, x.dtype), jnp.array(jnp.inf, x.dtype)),
         lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])),
         (x.ndim - 1,),
     )
-    m = jnp.where(top == -jnp.inf, 0.0, top)[..., None]
-    s = jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)
-    return m, s, low
+    return (*_shift_and_sum_exp(x, top[..., None], -1), low)
 
 
 def _mask_logits(x: jax.Array, where: jax.Array | None) -> jax.Array:

@@ -12,10 +12,6 @@ from jaxloss import _checks
 from jaxloss._reduce import compute_dtype, is_zero, reduce_loss
 
 
-def _softplus(x):
-    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
-
-
 def _times(coefficient, value):
     """``coefficient * value``, exactly 0 where the coefficient is 0 (``0 * inf = 0``):
     the limit of each term, so that saturated logits and zero weights give finite
@@ -24,9 +20,20 @@ def _times(coefficient, value):
 
 
 def _bce_with_logits_terms(x, t, pw):
-    # -log sigma(x) = softplus(-x) and -log sigma(-x) = softplus(x): no exp overflows.
-    sp_neg, sp_pos = _softplus(-x), _softplus(x)
-    return sp_neg, sp_pos, _times(pw * t, sp_neg) + _times(1.0 - t, sp_pos)
+    """``softplus(-x)``, ``softplus(x)`` and ``pw t softplus(-x) + (1 - t) softplus(x)``.
+
+    With ``softplus(+-x) = relu(+-x) + log1p(exp(-|x|))`` the loss is
+    ``(pw t + 1 - t) log1p(exp(-|x|))`` plus ``(1 - t) x`` for ``x >= 0`` or
+    ``-pw t x`` for ``x < 0``: one exponential and one log, and for targets in [0, 1]
+    a sum of terms of one sign (no cancellation). An infinite logit times a zero
+    coefficient adds 0, its limit.
+    """
+    tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
+    sp_neg, sp_pos = jnp.maximum(-x, 0.0) + tail, jnp.maximum(x, 0.0) + tail
+    common = (pw * t + 1.0 - t) * tail
+    # One select outermost: XLA's CPU backend computes it in one pass before the sum.
+    loss = jnp.where(x >= 0.0, common + _times(1.0 - t, x), common - _times(pw * t, x))
+    return sp_neg, sp_pos, loss
 
 
 @jax.custom_jvp

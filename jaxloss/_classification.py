@@ -21,15 +21,14 @@ from jaxloss._xent import (
     Options,
     Scalars,
     contributing,
-    index_coefficients,
     index_cross_entropy,
+    index_nll,
     index_targets,
     resolve_targets,
     smoothing_share,
     soft_cap,
     softmax_cross_entropy,
     target_weight,
-    weighted_nll,
     z_loss_term,
 )
 
@@ -263,8 +262,8 @@ def _nll_loss(log_probs, codes, class_weight, options: Options, weighting):
     if dropped is not None:
         codes = jnp.where(dropped, IGNORED, codes)
     targets = index_targets(codes)
-    a, w_y = index_coefficients(targets, lp.shape[-1], class_weight, dtype)
-    loss = weighted_nll(lp, a)
+    w_y = target_weight(class_weight, targets.class_index, dtype)
+    loss = index_nll(lp, targets, jnp.where(targets.keep, w_y, 0.0))
     share = jnp.where(targets.keep, w_y, 0.0)
     return reduce_tokens(loss, share, options.reduction, weighting).astype(log_probs.dtype)
 

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._binary import _binary_targets, _elementwise_weight, _softplus, _times
+from jaxloss._binary import _bce_with_logits_terms, _binary_targets, _elementwise_weight, _times
 from jaxloss._reduce import compute_dtype, is_zero, reduce_loss, reduce_tokens
 from jaxloss._softmax import max_and_sum_exp
 from jaxloss._xent import (
+    IndexTargets,
     Options,
     coefficient_columns,
     drop_minus_inf_tangent,
@@ -29,6 +30,7 @@ from jaxloss._xent import (
     logit_gradient,
     resolve_targets,
     smoothing_share,
+    target_logit,
     target_weight,
 )
 
@@ -87,6 +89,68 @@ def _modulated_cross_entropy_jvp(kind, primals, tangents):
 _modulated_cross_entropy.defjvp(_modulated_cross_entropy_jvp, symbolic_zeros=True)
 
 
+def _index_modulated_terms(x, targets: IndexTargets, element_weight, kind, param):
+    """``_modulated_terms`` for class-index targets without smoothing, where only the
+    target class has a coefficient: ``h`` and ``b`` per row from the gathered target
+    logit, so the only passes over the classes are the softmax's."""
+    m, s = max_and_sum_exp(x, -1)
+    log_s = jnp.log(s)
+    x_y = target_logit(x, targets.class_index)
+    h, b = _modulation(kind, (x_y - m[..., 0]) - log_s[..., 0], param)
+    counted = element_weight != 0
+    loss = jnp.where(targets.bad, jnp.nan, jnp.where(counted, element_weight * h, 0.0))
+    # d loss / d w: h, taken as 0 at a -inf target logit (0 * log 0 = 0) and where the
+    # target is out of range.
+    dloss_dweight = jnp.where(targets.bad | (x_y == -jnp.inf), 0.0, h)
+    return loss, jnp.where(counted, element_weight * b, 0.0), dloss_dweight, m, log_s
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _index_modulated_cross_entropy(x, targets: IndexTargets, element_weight, kind: str, param):
+    return _index_modulated_terms(x, targets, element_weight, kind, param)[0]
+
+
+def _index_modulated_cross_entropy_jvp(kind, primals, tangents):
+    # The rule of _modulated_cross_entropy with b zero but for the target: S = b_y.
+    x, targets, element_weight, param = primals
+    dx, _, dweight, _ = tangents
+    loss, b, dloss_dweight, m, log_s = _index_modulated_terms(
+        x, targets, element_weight, kind, param
+    )
+    dloss = jnp.zeros_like(loss)
+    if not is_zero(dx):
+        p = jnp.exp(x - m) * jnp.exp(-log_s)
+        onehot = targets.class_index[..., None] == jnp.arange(x.shape[-1], dtype=jnp.int32)
+        grad = logit_gradient(b[..., None], p, jnp.where(onehot, b[..., None], 0.0))
+        grad = jnp.where(targets.bad[..., None], jnp.nan, grad)
+        dloss = dloss + jnp.sum(grad * drop_minus_inf_tangent(x, dx), axis=-1)
+    if not is_zero(dweight):
+        dloss = dloss + dloss_dweight * dweight
+    return loss, dloss
+
+
+_index_modulated_cross_entropy.defjvp(_index_modulated_cross_entropy_jvp, symbolic_zeros=True)
+
+
+def _index_modulated(x, codes, class_weight, eps, options: Options, kind: str, param):
+    """Per-element loss of class-index targets, and each element's share of the mean."""
+    targets = index_targets(codes)
+    w_y = target_weight(class_weight, targets.class_index, x.dtype)
+    element_weight = jnp.where(targets.keep, w_y, 0.0)
+    if not options.has_smoothing:
+        # A row that adds nothing is kept out of the softmax: its logits may be nan.
+        adds = (element_weight != 0) | targets.bad
+        x = jnp.where(adds[..., None], x, 0.0)
+        loss = _index_modulated_cross_entropy(x, targets, element_weight, kind, param)
+        return loss, element_weight
+    share = smoothing_share(x, eps)
+    spread = share if class_weight is None else share * class_weight
+    columns = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    a = coefficient_columns(targets, element_weight, columns, eps, spread)
+    x = jnp.where(jnp.any(a != 0, axis=-1, keepdims=True), x, 0.0)
+    return _modulated_cross_entropy(x, a, kind, param), element_weight
+
+
 @functools.partial(jax.jit, static_argnums=(5, 6))
 def _softmax_modulated(logits, targets, class_weight, label_smoothing, where, options, kind, param):
     dtype = compute_dtype(logits.dtype)
@@ -98,25 +162,14 @@ def _softmax_modulated(logits, targets, class_weight, label_smoothing, where, op
     if where is not None:
         x = jnp.where(jnp.moveaxis(where, options.axis, -1), x, -jnp.inf)
     if options.index_targets:
-        resolved = index_targets(targets)
-        w_y = target_weight(class_weight, resolved.class_index, dtype)
-        element_weight = jnp.where(resolved.keep, w_y, 0.0)
-        spread = None
-        if options.has_smoothing:
-            share = smoothing_share(x, eps)
-            spread = share if class_weight is None else share * class_weight
-        columns = jnp.arange(x.shape[-1], dtype=jnp.int32)
-        a = coefficient_columns(resolved, element_weight, columns, eps, spread)
-        # A row that adds nothing is kept out of the softmax: its logits may be nan.
-        x = jnp.where(jnp.any(a != 0, axis=-1, keepdims=True), x, 0.0)
-        share_of_mean = element_weight
+        loss, share_of_mean = _index_modulated(x, targets, class_weight, eps, options, kind, param)
     else:
         t = jnp.moveaxis(targets, options.axis, -1).astype(dtype)
         if options.has_smoothing:
             t = (1.0 - eps) * t + smoothing_share(x, eps)
         a = t if class_weight is None else t * class_weight
+        loss = _modulated_cross_entropy(x, a, kind, param)
         share_of_mean = jnp.ones(x.shape[:-1], dtype)
-    loss = _modulated_cross_entropy(x, a, kind, param)
     no_tokens = _checks.TokenWeighting(None, None, None)
     return reduce_tokens(loss, share_of_mean, options.reduction, no_tokens).astype(logits.dtype)
 
@@ -300,29 +353,43 @@ def poly1_cross_entropy(
 # --- sigmoid focal loss --------------------------------------------------------------
 
 
-def _sigmoid_focal_terms(x, t, pw, gamma):
+def integer_exponent(gamma) -> int | None:
+    """``gamma`` as a static int where the caller passed a Python number with an integer
+    value (the usual ``gamma=2``): ``q**2`` is then a multiplication, not
+    ``exp(gamma log q)``. None for anything else (a float, an array, a traced value)."""
+    if isinstance(gamma, (int, float)) and not isinstance(gamma, bool):
+        if float(gamma).is_integer() and 0 <= gamma <= 8:
+            return int(gamma)
+    return None
+
+
+def _power(q, gamma, exponent: int | None):
+    return jnp.power(q, gamma) if exponent is None else jax.lax.integer_pow(q, exponent)
+
+
+def _sigmoid_focal_terms(x, t, pw, gamma, exponent):
     """The focal factor ``q^gamma`` with ``q = 1 - p_t``, the cross-entropy, and the
     pieces of the gradient, written with ``sigma(x)`` and ``sigma(-x)`` so that neither
     loses precision when the other is near 1."""
     s, s_bar = jax.nn.sigmoid(x), jax.nn.sigmoid(-x)
     q = s * (1.0 - t) + t * s_bar  # 1 - p_t, p_t = s t + (1 - s)(1 - t)
-    ce = _times(pw * t, _softplus(-x)) + _times(1.0 - t, _softplus(x))
-    return s, s_bar, q, jnp.power(q, gamma), ce
+    ce = _bce_with_logits_terms(x, t, pw)[2]
+    return s, s_bar, q, _power(q, gamma, exponent), ce
 
 
-@jax.custom_jvp
-def _sigmoid_focal(x, t, balance, pw, gamma):
-    _, _, _, factor, ce = _sigmoid_focal_terms(x, t, pw, gamma)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _sigmoid_focal(x, t, balance, pw, gamma, exponent: int | None):
+    _, _, _, factor, ce = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
     return _times(balance, _times(factor, ce))
 
 
-def _sigmoid_focal_jvp(primals, tangents):
+def _sigmoid_focal_jvp(exponent, primals, tangents):
     # d/dx [q^gamma ce] = gamma q^gamma (dq/dx / q) ce + q^gamma dce/dx, where
     # dq/dx = s (1 - s)(1 - 2t) and |dq/dx / q| <= 1 (q >= min(s, 1 - s) for t in
     # [0, 1]): finite for every gamma >= 0, and 0 where q = 0.
     x, t, balance, pw, gamma = primals
     dx = tangents[0]
-    s, s_bar, q, factor, ce = _sigmoid_focal_terms(x, t, pw, gamma)
+    s, s_bar, q, factor, ce = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
     loss = _times(balance, _times(factor, ce))
     dloss = jnp.zeros_like(loss)
     if not is_zero(dx):
@@ -336,8 +403,8 @@ def _sigmoid_focal_jvp(primals, tangents):
 _sigmoid_focal.defjvp(_sigmoid_focal_jvp, symbolic_zeros=True)
 
 
-@functools.partial(jax.jit, static_argnames=("reduction",))
-def _sigmoid_focal_loss(logits, targets, alpha, gamma, weight, pos_weight, *, reduction):
+@functools.partial(jax.jit, static_argnames=("reduction", "exponent"))
+def _sigmoid_focal_loss(logits, targets, alpha, gamma, weight, pos_weight, *, reduction, exponent):
     dtype = compute_dtype(logits.dtype)
     x, t = logits.astype(dtype), jax.lax.stop_gradient(targets.astype(dtype))
     one = jnp.ones((), dtype)
@@ -350,7 +417,7 @@ def _sigmoid_focal_loss(logits, targets, alpha, gamma, weight, pos_weight, *, re
         balance = balance * weight.astype(dtype)
     pw = one if pos_weight is None else jax.lax.stop_gradient(pos_weight.astype(dtype))
     gamma = jax.lax.stop_gradient(jnp.asarray(gamma, dtype))
-    loss = _sigmoid_focal(x, t, jnp.broadcast_to(balance, x.shape), pw, gamma)
+    loss = _sigmoid_focal(x, t, jnp.broadcast_to(balance, x.shape), pw, gamma, exponent)
     return reduce_loss(loss, reduction).astype(logits.dtype)
 
 
@@ -423,11 +490,19 @@ def sigmoid_focal_loss(
     targets = _binary_targets("logits", logits, targets)
     if alpha is not None:
         alpha = _checks.real_scalar("alpha", alpha, minimum=-float("inf"), maximum=1.0)
+    exponent = integer_exponent(gamma)
     gamma = _checks.real_scalar("gamma", gamma, minimum=0.0)
     weight = _elementwise_weight("weight", weight, logits.shape, "the logits'")
     pos_weight = _elementwise_weight(
         "pos_weight", pos_weight, logits.shape, "the logits' (aligned on the last axis)"
     )
     return _sigmoid_focal_loss(
-        logits, targets, alpha, gamma, weight, pos_weight, reduction=_checks.reduction(reduction)
+        logits,
+        targets,
+        alpha,
+        gamma,
+        weight,
+        pos_weight,
+        reduction=_checks.reduction(reduction),
+        exponent=exponent,
     )

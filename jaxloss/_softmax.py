@@ -65,8 +65,11 @@ def _log_softmax(x: jax.Array, axis: int) -> jax.Array:
 @_log_softmax.defjvp
 def _log_softmax_jvp(axis, primals, tangents):
     (x,), (dx,) = primals, tangents
-    y = _log_softmax(x, axis)
-    dy = dx - jnp.sum(jnp.exp(y) * dx, axis=axis, keepdims=True)
+    m, s = max_and_sum_exp(x, axis)
+    y = x - m - jnp.log(s)
+    # p from the forward's exp(x - m), not exp(y): XLA evaluates the exponential once.
+    p = jnp.exp(x - m) * (1.0 / s)
+    dy = dx - jnp.sum(p * dx, axis=axis, keepdims=True)
     # A -inf input (a masked class) is a constant -inf output: tangent 0. A finite input
     # whose output overflows to -inf keeps its finite derivative.
     return y, jnp.where(x == -jnp.inf, 0.0, dy)

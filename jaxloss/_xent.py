@@ -335,26 +335,36 @@ softmax_cross_entropy.defjvp(_softmax_cross_entropy_jvp, symbolic_zeros=True)
 
 
 @jax.custom_jvp
-def weighted_nll(log_probs: jax.Array, a: jax.Array) -> jax.Array:
-    """``-sum_c a_c log_probs_c`` along the last axis, 0 where ``a_c = 0``."""
-    return -jnp.sum(jnp.where(a != 0, a * log_probs, 0.0), axis=-1)
+def index_nll(log_probs: jax.Array, targets: IndexTargets, element_weight: jax.Array):
+    """``-w log_probs[y]`` per element from a gather (no pass over the classes): 0 where
+    the weight ``w`` is 0 (an ignored element, whatever its log-probabilities), nan
+    where the target is out of range."""
+    picked = target_logit(log_probs, targets.class_index)
+    loss = jnp.where(element_weight != 0, -element_weight * picked, 0.0)
+    return jnp.where(targets.bad, jnp.nan, loss)
 
 
-def _weighted_nll_jvp(primals, tangents):
-    # d loss = -<a, d log_probs> - <log_probs, da>, with 0 * log 0 = 0 for da.
-    log_probs, a = primals
-    dlog_probs, da = tangents
-    loss = weighted_nll(log_probs, a)
+def _index_nll_jvp(primals, tangents):
+    log_probs, targets, element_weight = primals
+    dlog_probs, _, dweight = tangents
+    picked = target_logit(log_probs, targets.class_index)
+    loss = index_nll(log_probs, targets, element_weight)
     dloss = jnp.zeros_like(loss)
     if not is_zero(dlog_probs):
-        dloss = dloss - jnp.sum(jnp.where(a != 0, a * dlog_probs, 0.0), axis=-1)
-    if not is_zero(da):
-        finite = jnp.where(log_probs == -jnp.inf, 0.0, log_probs)
-        dloss = dloss - jnp.sum(da * finite, axis=-1)
+        dpicked = target_logit(dlog_probs, targets.class_index)
+        dloss = dloss - jnp.where(element_weight != 0, element_weight * dpicked, 0.0)
+        # Out of range, the whole row's gradient is nan (the class is unknown).
+        row_nan = jnp.where(targets.bad, jnp.nan, 0.0)
+        dloss = dloss + row_nan * jnp.sum(dlog_probs, axis=-1)
+    if not is_zero(dweight):
+        # 0 * log 0 = 0: an impossible target adds no gradient to its weight, nor does
+        # one out of range (its weight is not that of any class).
+        dead = targets.bad | (picked == -jnp.inf)
+        dloss = dloss - dweight * jnp.where(dead, 0.0, picked)
     return loss, dloss
 
 
-weighted_nll.defjvp(_weighted_nll_jvp, symbolic_zeros=True)
+index_nll.defjvp(_index_nll_jvp, symbolic_zeros=True)
 
 
 class _IndexTerms(NamedTuple):
@@ -370,7 +380,7 @@ class _IndexTerms(NamedTuple):
     log_s: jax.Array  # log sum exp(x - m) (keepdims)
 
 
-def _target_logit(x, class_index):
+def target_logit(x, class_index):
     """``x[..., y]``: a gather, so the only full passes over ``x`` are the max and
     the sum of exponentials. A class axis sharded in JAX's explicit sharding mode
     cannot be gathered from without collectives, so there it is a masked sum, which
@@ -389,7 +399,7 @@ def _index_terms(x, targets, counted, scalars, options) -> _IndexTerms:
     log_s = jnp.log(s[..., 0])
     # (m - x_y) + log s, not lse - x_y: the difference of the two large logits is
     # exact, so a common offset of the row does not change the loss.
-    nll = (m[..., 0] - _target_logit(x, targets.class_index)) + log_s
+    nll = (m[..., 0] - target_logit(x, targets.class_index)) + log_s
     target_coefficient = w_y
     smooth = live = live_count = live_weight = None
     if options.has_smoothing:

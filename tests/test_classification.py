@@ -147,3 +147,35 @@ def test_traced_label_smoothing_and_weight_do_not_retrace():
     ]
     assert len(traces) == 1
     assert len({float(v) for v in values}) == 3
+
+
+@pytest.mark.parametrize(
+    "loss, weight_name",
+    [
+        (jl.nll_loss, "weight"),
+        (jl.softmax_focal_loss, "alpha"),
+        (jl.poly1_cross_entropy, "weight"),
+    ],
+    ids=["nll_loss", "softmax_focal_loss", "poly1_cross_entropy"],
+)
+def test_out_of_range_and_impossible_targets_pass_no_gradient_to_class_weights(
+    x64, loss, weight_name
+):
+    """A target outside [0, C) has a nan loss and logit gradient but is no class, so its
+    weight gets nothing from it; a target at a -inf logit (0 * log 0) gets nothing
+    either. The class-weight gradient is that of the other rows alone."""
+    x = jax.random.normal(jax.random.key(3), (5, 4), jnp.float64)
+    x = x.at[3, 1].set(-jnp.inf)
+    y = jnp.array([0, 4, 2, 1, 3])  # row 1 out of range, row 3 at its -inf logit
+    w = jnp.array([0.5, 1.5, 2.0, 0.7], jnp.float64)
+    good = jnp.array([0, 2, 4])
+
+    def total(w, rows):
+        per_row = loss(x[rows], y[rows], reduction="none", **{weight_name: w})
+        return jnp.sum(per_row[jnp.isfinite(per_row)])
+
+    per_row = loss(x, y, reduction="none", **{weight_name: w})
+    assert np.isnan(per_row[1]) and per_row[3] == jnp.inf
+    every = jax.grad(total)(w, jnp.arange(5))
+    assert np.all(np.isfinite(np.asarray(every)))
+    np.testing.assert_allclose(every, jax.grad(total)(w, good), rtol=1e-12)

@@ -356,7 +356,8 @@ def poly1_cross_entropy(
 def integer_exponent(gamma) -> int | None:
     """``gamma`` as a static int where the caller passed a Python number with an integer
     value (the usual ``gamma=2``): ``q**2`` is then a multiplication, not
-    ``exp(gamma log q)``. None for anything else (a float, an array, a traced value)."""
+    ``exp(gamma log q)``. None for anything else (a non-integer value, an array, a
+    traced value)."""
     if isinstance(gamma, (int, float)) and not isinstance(gamma, bool):
         if float(gamma).is_integer() and 0 <= gamma <= 8:
             return int(gamma)

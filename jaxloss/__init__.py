@@ -2,6 +2,7 @@
 
 from jaxloss._binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from jaxloss._classification import cross_entropy, nll_loss
+from jaxloss._ctc import ctc_loss, ctc_loss_with_paddings
 from jaxloss._distill import linear_kl_div
 from jaxloss._divergence import kl_div
 from jaxloss._focal import poly1_cross_entropy, sigmoid_focal_loss, softmax_focal_loss
@@ -14,6 +15,8 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "ctc_loss",
+    "ctc_loss_with_paddings",
     "kl_div",
     "linear_cross_entropy",
     "linear_kl_div",

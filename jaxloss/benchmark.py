@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m jaxloss.benchmark [losses|linear|lm|all] [options]``.
+"""Benchmarks: ``python -m jaxloss.benchmark [losses|linear|lm|ctc|all] [options]``.
 
 ``losses``: value-and-gradient time of jaxloss against the same loss written as its
 textbook formula and differentiated by JAX's autodiff ("naive autodiff"), optax's (or
@@ -21,6 +21,11 @@ sequences (``segment_ids`` with ``"sequence_mean"``), a traced ``normalizer``,
 student's size, and a top-64 teacher) beside the unfused KL divergence of the two
 heads' softmaxes: the matmuls in the program, compiled temporary bytes (at the memory
 shape) and interleaved median times (at the time shape).
+
+``ctc``: ``ctc_loss_with_paddings`` and ``ctc_loss`` (PyTorch's time-major layout)
+against ``optax.ctc_loss`` on the same batch-major logits (each takes the log-softmax
+of unnormalized scores): interleaved median value-and-gradient times and compiled
+temporary bytes.
 
 Every ratio is a time (or byte count) of jaxloss divided by the same figure of
 its baseline: below 1 means jaxloss is faster (or smaller). Ratios, not absolute
@@ -59,6 +64,8 @@ DEFAULT_LINEAR_SHAPES = (
 DEFAULT_LM_MEMORY_SHAPE = (8192, 512, 65536)
 DEFAULT_LM_TIME_SHAPE = (2048, 512, 32768)
 SMOKE_LOSS_SIZES = ((64, 256),)
+DEFAULT_CTC_SHAPE = (32, 500, 1000, 100)
+SMOKE_CTC_SHAPE = (4, 24, 16, 6)
 SMOKE_LINEAR_SHAPES = ((64, 32, 512),)
 
 
@@ -677,6 +684,83 @@ def lm_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ctc_inputs(batch: int, frames: int, classes: int, max_length: int, dtype) -> tuple:
+    """Batch-major logits, their paddings (the last up to 20 % of the frames of each
+    sequence), labels other than the blank 0, and label paddings (up to 20 % of them)."""
+    keys = jax.random.split(jax.random.key(3), 4)
+    logits = jax.random.normal(keys[0], (batch, frames, classes)).astype(dtype)
+    lengths = jax.random.randint(keys[1], (batch,), (4 * frames) // 5, frames + 1)
+    labels = jax.random.randint(keys[2], (batch, max_length), 1, classes)
+    label_lengths = jax.random.randint(keys[3], (batch,), (4 * max_length) // 5, max_length + 1)
+    logit_paddings = (jnp.arange(frames) >= lengths[:, None]).astype(dtype)
+    label_paddings = (jnp.arange(max_length) >= label_lengths[:, None]).astype(dtype)
+    return logits, logit_paddings, labels, label_paddings
+
+
+def ctc_cases() -> dict[str, Callable]:
+    """The mean CTC loss of ``(logits, logit_paddings, labels, label_paddings)`` by
+    each implementation; optax's only where it is installed."""
+
+    def time_major(z, zp, y, yp):
+        lengths = jnp.sum(zp == 0, axis=1)
+        log_probs = jl.log_softmax(z).transpose(1, 0, 2)
+        return jl.ctc_loss(log_probs, y, lengths, jnp.sum(yp == 0, axis=1), reduction="sum")
+
+    cases: dict[str, Callable] = {
+        "ctc_loss_with_paddings": lambda *a: jnp.sum(jl.ctc_loss_with_paddings(*a)),
+        "ctc_loss (T, B, C)": time_major,
+    }
+    try:
+        import optax  # type: ignore[import-untyped]
+    except ImportError:
+        return cases
+    cases["optax.ctc_loss"] = lambda *a: jnp.sum(optax.ctc_loss(*a))
+    return cases
+
+
+def run_ctc(shape: tuple[int, ...], dtype, repeats: int) -> list[dict]:
+    batch, frames, classes, max_length = shape
+    inputs = ctc_inputs(batch, frames, classes, max_length, dtype)
+    steps = {name: jax.jit(jax.value_and_grad(fn)) for name, fn in ctc_cases().items()}
+    times = interleaved_medians({k: partial(f, *inputs) for k, f in steps.items()}, repeats)
+    base = times.get("optax.ctc_loss")
+    rows = []
+    for name, step in steps.items():
+        row = {
+            "benchmark": "ctc",
+            "variant": name,
+            "dtype": jnp.dtype(dtype).name,
+            "shape": list(shape),
+            "time_s": times[name],
+            "time_vs_optax": None if base is None else times[name] / base,
+            "temp_bytes": compiled_temp_bytes(step, *inputs),
+        }
+        rows.append(row)
+        vs = "" if base is None else f" ({row['time_vs_optax']:.2f} of optax)"
+        print(
+            f"ctc {name:<24} {row['dtype']:>8} B×T×C×L {tuple(shape)}  time "
+            f"{format_seconds(row['time_s'])}{vs}  temp {_mib(row['temp_bytes'])}",
+            flush=True,
+        )
+    return rows
+
+
+def ctc_table(rows: list[dict]) -> str:
+    """The ctc rows as the markdown table the docs quote."""
+    first = rows[0]
+    lines = [
+        f"| implementation ({first['dtype']}, B × T × C × L = "
+        f"{' × '.join(map(str, first['shape']))}) | value + gradient | / optax | temp bytes |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        vs = "–" if r["time_vs_optax"] is None else f"{r['time_vs_optax']:.2f}"
+        lines.append(
+            f"| {r['variant']} | {format_seconds(r['time_s'])} | {vs} | {_mib(r['temp_bytes'])} |"
+        )
+    return "\n".join(lines)
+
+
 def _print_linear_row(row) -> None:
     mib = 2**20
     print(
@@ -794,6 +878,8 @@ def report(result: dict) -> str:
         parts.append(linear_table(result["linear"]))
     if result.get("lm"):
         parts.append(lm_table(result["lm"]))
+    if result.get("ctc"):
+        parts.append(ctc_table(result["ctc"]))
     return "\n\n".join(parts)
 
 
@@ -869,7 +955,7 @@ def main(argv=None) -> int:
         "which",
         nargs="?",
         default="all",
-        choices=["all", "losses", "linear", "lm"],
+        choices=["all", "losses", "linear", "lm", "ctc"],
         help="which benchmark to run",
     )
     parser.add_argument(
@@ -895,6 +981,12 @@ def main(argv=None) -> int:
         help="lm shapes as NxHxV,NxHxV: for compiled memory, then for time (default: "
         + ",".join("x".join(map(str, s)) for s in (DEFAULT_LM_MEMORY_SHAPE, DEFAULT_LM_TIME_SHAPE))
         + ")",
+    )
+    parser.add_argument(
+        "--ctc-shape",
+        type=lambda s: _parse_shapes(s, 4)[0],
+        default=None,
+        help="ctc shape as BxTxCxL (default: " + "x".join(map(str, DEFAULT_CTC_SHAPE)) + ")",
     )
     parser.add_argument(
         "--dtypes", default="float32,bfloat16", help="comma-separated dtypes of the inputs"
@@ -961,6 +1053,9 @@ def main(argv=None) -> int:
             else (DEFAULT_LM_MEMORY_SHAPE, DEFAULT_LM_TIME_SHAPE)
         )
         result["lm"] = run_lm(memory_shape, time_shape, dtypes[0], repeats)
+    if args.which in ("all", "ctc"):
+        ctc_shape = args.ctc_shape or (SMOKE_CTC_SHAPE if args.smoke else DEFAULT_CTC_SHAPE)
+        result["ctc"] = run_ctc(ctc_shape, dtypes[0], repeats)
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(result, f, indent=2)

@@ -318,12 +318,56 @@ def report(mode, layout, name, value, grad, ref_value, ref_grad, hlo):
     )
 
 
+def ctc_losses(mode_name: str) -> None:
+    """Both CTC layouts with the batch (the sequences) split over 8 devices."""
+    frames, batch, classes, max_length = 12, 16, 24, 4
+    keys = jax.random.split(jax.random.key(4), 4)
+    logits = jax.random.normal(keys[0], (batch, frames, classes))
+    lengths = jax.random.randint(keys[1], (batch,), 9, frames + 1)
+    labels = jax.random.randint(keys[2], (batch, max_length), 1, classes)
+    label_lengths = jax.random.randint(keys[3], (batch,), 0, max_length + 1)
+    small = {
+        "labels": labels, "lengths": lengths, "label_lengths": label_lengths,
+        "paddings": (jnp.arange(frames) >= lengths[:, None]).astype(jnp.float32),
+        "label_paddings": (jnp.arange(max_length) >= label_lengths[:, None]).astype(jnp.float32),
+    }  # fmt: skip
+
+    def time_major(lp, s):
+        return jl.ctc_loss(lp, s["labels"], s["lengths"], s["label_lengths"], zero_infinity=True)
+
+    def batch_major(z, s):
+        return jl.ctc_loss_with_paddings(
+            z, s["paddings"], s["labels"], s["label_paddings"], reduction="mean"
+        )
+
+    # (loss, its input, its batch axis)
+    cases = {
+        "ctc_loss": (time_major, jax.nn.log_softmax(logits).transpose(1, 0, 2), 1),
+        "ctc_loss_with_paddings": (batch_major, logits, 0),
+    }
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(MODES[mode_name][0],))
+    put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
+    for name, (fn, arg, batch_axis) in cases.items():
+        reference = jax.jit(jax.value_and_grad(fn))(arg, small)
+        spec = P(*["d" if a == batch_axis else None for a in range(3)])
+        placed = {k: put(v, P("d", *[None] * (v.ndim - 1))) for k, v in small.items()}
+        with in_mode(mesh, mode_name):
+            sharded = put(arg, spec)
+            compiled = jax.jit(jax.value_and_grad(fn)).lower(sharded, placed).compile()
+            value, grad = compiled(sharded, placed)
+        # The gradient stays split over the batch: each device holds 2 of the 16 sequences.
+        assert grad.sharding.shard_shape(grad.shape)[batch_axis] == batch // 8, grad.sharding
+        report(mode_name, "batch", name, value, grad, *reference, compiled.as_text())
+
+
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     part, mode_name = sys.argv[1:3]
     if part == "logits":
         run_logit_losses(mode_name)
         communication()
+    elif part == "ctc":
+        ctc_losses(mode_name)
     elif part == "fused":
         run_fused_losses(mode_name)
         data_parallel_normalizer(mode_name)

@@ -64,6 +64,11 @@ def test_benchmark_command_smoke(tmp_path):
     for row in lm.values():
         assert row["temp_vs_mean"] == row["temp_bytes"] / lm["mean"]["temp_bytes"]
         assert row["time_s"] > 0
+    ctc = {r["variant"]: r for r in result["ctc"]}
+    assert set(ctc) == {"ctc_loss_with_paddings", "ctc_loss (T, B, C)", "optax.ctc_loss"}
+    for row in ctc.values():
+        assert row["time_vs_optax"] == row["time_s"] / ctc["optax.ctc_loss"]["time_s"]
+        assert row["temp_bytes"] > 0 and row["shape"] == list(benchmark.SMOKE_CTC_SHAPE)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cross_entropy (index)" in proc.stdout
     assert "below 1 means jaxloss is faster" in proc.stdout
@@ -111,9 +116,10 @@ def test_every_option_has_help_and_states_its_default(capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "python -m jaxloss.benchmark [losses|linear|lm|all]" in text  # the description
+    assert "python -m jaxloss.benchmark [losses|linear|lm|ctc|all]" in text  # the description
     for option, default in [
-        ("{all,losses,linear,lm}", "(default: all)"),
+        ("{all,losses,linear,lm,ctc}", "(default: all)"),
+        ("--ctc-shape CTC_SHAPE", "(default: 32x500x1000x100)"),
         ("--lm-shapes LM_SHAPES", "(default: 8192x512x65536,2048x512x32768)"),
         ("--sizes SIZES", "(default: 4096x32768)"),
         (
@@ -177,3 +183,15 @@ def test_every_baseline_computes_the_loss_and_gradient_jaxloss_computes(case, dt
             np.testing.assert_allclose(
                 np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=1e-5
             )
+
+
+def test_every_ctc_implementation_computes_the_same_loss_and_gradient():
+    """The CTC rows time the same numbers: the benchmark's inputs have only possible
+    alignments, where optax's finite log(0) changes nothing."""
+    inputs = benchmark.ctc_inputs(*benchmark.SMOKE_CTC_SHAPE, "float32")
+    results = {name: jax.value_and_grad(fn)(*inputs) for name, fn in benchmark.ctc_cases().items()}
+    assert len(results) == 3
+    want = results.pop("optax.ctc_loss")
+    for got in results.values():
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

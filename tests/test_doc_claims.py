@@ -86,6 +86,59 @@ def _table_coefficients(x, kind, w, eps, y=None, t=None):
     return w * ((1 - eps) * t + eps / c)
 
 
+def _ctc_posteriors_by_enumeration(log_probs, labels, blank=0):
+    """P and the posterior of each class at each frame, from every path of classes
+    (C^T of them) whose collapse (merge repeats, drop blanks) is ``labels``."""
+    import itertools
+
+    frames, classes = log_probs.shape
+    total, counts = 0.0, np.zeros((frames, classes))
+    for path in itertools.product(range(classes), repeat=frames):
+        collapsed = [c for i, c in enumerate(path) if c != blank and (i == 0 or c != path[i - 1])]
+        if collapsed == list(labels):
+            prob = np.exp(sum(log_probs[t, c] for t, c in enumerate(path)))
+            total += prob
+            counts[np.arange(frames), list(path)] += prob
+    return total, counts / total
+
+
+@claim(
+    "docs/gradients.md",
+    r"\frac{\partial \ell}{\partial \log p_t(c)} = -\gamma_t(c),",
+    "the posterior probability that frame $t$ emits class $c$.",
+    r"so $\sum_c \gamma_t(c) = 1$: each frame's gradient sums to $-1$, whatever the inputs "
+    "(they need not be normalized). Frames past the input length get 0.",
+    r"$\partial\ell/\partial z_t(c) = p_t(c)\sum_k \gamma_t(k) - \gamma_t(c)"
+    r" = p_t(c) - \gamma_t(c)$.",
+    "PyTorch's `ctc_loss` returns this, $e^{\\log p_t(c)} - \\gamma_t(c)$, as its gradient with "
+    "respect to `log_probs` itself",
+)
+def ctc_gradient_is_minus_the_posterior():
+    rng = np.random.default_rng(0)
+    log_probs = rng.normal(size=(5, 1, 3)) - 1.0  # not normalized
+    labels, frames = [1, 1], 4  # one frame past the input length
+    total, posterior = _ctc_posteriors_by_enumeration(log_probs[:frames, 0], labels)
+
+    def loss(lp):
+        return jl.ctc_loss(lp, jnp.array([labels]), jnp.array([frames]), jnp.array([2]),
+                                      reduction="sum")  # fmt: skip
+
+    value, grad = jax.value_and_grad(loss)(jnp.asarray(log_probs))
+    _close(value, -np.log(total))
+    _close(grad[:frames, 0], -posterior)
+    _close(grad[frames:], 0.0)
+    _close(grad[:frames].sum(-1), -1.0)
+    normalized = jax.nn.log_softmax(jnp.asarray(log_probs))
+    _, posterior = _ctc_posteriors_by_enumeration(np.asarray(normalized)[:frames, 0], labels)
+    through_softmax = jax.grad(lambda z: loss(jax.nn.log_softmax(z)))(jnp.asarray(log_probs))
+    _close(through_softmax[:frames, 0], np.exp(normalized[:frames, 0]) - posterior)
+    torch = pytest.importorskip("torch")
+    lp = torch.tensor(np.asarray(normalized), requires_grad=True)
+    torch.nn.functional.ctc_loss(lp, torch.tensor([labels]), torch.tensor([frames]),
+                                 torch.tensor([2]), reduction="sum").backward()  # fmt: skip
+    _close(lp.grad.numpy()[:frames, 0], np.exp(normalized[:frames, 0]) - posterior)
+
+
 @claim(
     "docs/gradients.md",
     r"\ell = \sum_c a_c\,(-\log p_c) = \sum_c a_c\,(\operatorname{lse}(x) - x_c).",
@@ -486,11 +539,12 @@ def chunk_buffers_with_options():
 
 @claim(
     "docs/backends.md",
-    "| 2026-12-01 | CPU | as above | as above | `python -m jaxloss.benchmark losses` |",
+    "| 2026-12-01 | CPU | as above | as above | `python -m jaxloss.benchmark losses` and `ctc` |",
     "| 2026-11-30 | CPU | as above | as above | `python -m jaxloss.benchmark linear` and `lm` |",
 )
 def benchmark_dates_are_the_measurements():
     dates = {"cpu-losses.json": "2026-12-01", "cpu-linear.json": "2026-11-30"}
+    dates["cpu-ctc.json"] = "2026-12-01"
     dates["cpu-lm.json"] = "2026-11-30"
     for name, date in dates.items():
         assert json.loads((DOCS / "measurements" / name).read_text())["environment"]["date"] == date
@@ -704,6 +758,67 @@ def pytorch_translation_table():
 
 
 @claim(
+    "docs/benchmarks.md",
+    "jaxloss gathers each extended label's log-probability once (B × T × (2L + 1) numbers) "
+    "and its gradient is a scatter-add of the state occupancies into the log-softmax's "
+    "gradient; optax forms the label log-probabilities as an einsum with a one-hot of the "
+    "labels (B × T × C × L multiply-adds, and as many again in the gradient)",
+)
+def ctc_programs():
+    pytest.importorskip("optax")
+    inputs = benchmark.ctc_inputs(2, 12, 7, 3, jnp.float32)
+    matmuls = {}
+    for name, fn in benchmark.ctc_cases().items():
+        step = jax.value_and_grad(fn)
+        matmuls[name] = benchmark.count_matmuls(step, *inputs)
+        if name != "optax.ctc_loss":
+            assert "stablehlo.scatter" in jax.jit(step).lower(*inputs).as_text()
+    # optax: the einsum, and more in its autodiff gradient; jaxloss: none.
+    assert matmuls.pop("optax.ctc_loss") >= 2
+    assert matmuls == {"ctc_loss_with_paddings": 0, "ctc_loss (T, B, C)": 0}
+
+
+@claim(
+    "docs/optax.md",
+    "| `optax.ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=k)` "
+    "| `jl.ctc_loss_with_paddings(logits, logit_paddings, labels, label_paddings, blank=k)` |",
+)
+def optax_ctc_row():
+    optax = pytest.importorskip("optax")
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(3, 9, 5))
+    paddings = (np.arange(9) >= np.array([[9], [7], [8]])).astype(float)
+    labels, label_paddings = np.array([[1, 3], [4, 4], [0, 1]]), np.zeros((3, 2))
+    ours = jl.ctc_loss_with_paddings(logits, paddings, labels, label_paddings, blank=2)
+    _close(ours, optax.ctc_loss(logits, paddings, labels, label_paddings, blank_id=2), 1e-9)
+
+
+@claim(
+    "docs/pytorch.md",
+    "| `F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=b, reduction=r, "
+    "zero_infinity=z)` with padded `(B, S)` targets | `jl.ctc_loss(log_probs, targets, "
+    "input_lengths, target_lengths, blank=b, reduction=r, zero_infinity=z)` |",
+)
+def pytorch_ctc_row():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    log_probs = np.asarray(jax.nn.log_softmax(rng.normal(size=(8, 3, 5))))
+    labels, lengths, label_lengths = (
+        np.array([[1, 1, 3], [0, 4, 4], [3, 3, 3]]),
+        [8, 6, 4],
+        [3, 2, 3],
+    )
+    for r, z in [("mean", False), ("sum", True), ("none", True)]:
+        ours = jl.ctc_loss(log_probs, labels, lengths, label_lengths, blank=2, reduction=r,
+                           zero_infinity=z)  # fmt: skip
+        theirs = torch.nn.functional.ctc_loss(
+            torch.tensor(log_probs), torch.tensor(labels), torch.tensor(lengths),
+            torch.tensor(label_lengths), blank=2, reduction=r, zero_infinity=z,
+        )  # fmt: skip
+        _close(ours, theirs.numpy())
+
+
+@claim(
     "docs/optax.md",
     "| `optax.softmax_cross_entropy_with_integer_labels(logits, labels)` "
     '| `jl.cross_entropy(logits, labels, reduction="none")` |',
@@ -753,6 +868,7 @@ LAYERS = {
     "_linear": 4,
     "_binary": 3,
     "_divergence": 3,
+    "_ctc": 3,
     "_distill": 4,
     "_focal": 4,
 }
@@ -832,7 +948,7 @@ def readme_dtypes():
 
 MEASUREMENTS = DOCS / "measurements"
 MEASURED_PAGES = {
-    "docs/benchmarks.md": ["cpu-losses.json"],
+    "docs/benchmarks.md": ["cpu-losses.json", "cpu-ctc.json"],
     "docs/large-vocab.md": ["cpu-linear.json", "cpu-lm.json"],
 }
 FIGURE = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?\s?(?:ms|MiB|GiB|GB/s|MB|s\b|×)")

@@ -33,6 +33,24 @@ CASES = {
         lambda x, y: jl.cross_entropy(x, y, logit_softcap=30.0),
         (X16, Y),
     ),
+    "ctc_loss": (
+        lambda lp, y, n, m: jl.ctc_loss(lp, y, n, m, blank=2, zero_infinity=True),
+        (
+            jax.ShapeDtypeStruct((12, 3, 16), jnp.float32),
+            jax.ShapeDtypeStruct((3, 4), jnp.int32),
+            jax.ShapeDtypeStruct((3,), jnp.int32),
+            jax.ShapeDtypeStruct((3,), jnp.int32),
+        ),
+    ),
+    "ctc_loss_with_paddings": (
+        lambda z, zp, y, yp: jl.ctc_loss_with_paddings(z, zp, y, yp, reduction="mean"),
+        (
+            XB,
+            jax.ShapeDtypeStruct((3, 8), jnp.float32),
+            YB,
+            jax.ShapeDtypeStruct((3, 8), jnp.float32),
+        ),
+    ),
     "binary_cross_entropy_with_logits": (
         lambda x, t: jl.binary_cross_entropy_with_logits(x, t, pos_weight=jnp.full(16, 2.0)),
         (X, X),

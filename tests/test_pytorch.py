@@ -495,6 +495,128 @@ def normalize_empty_axis(torch):
             assert grad(jnp.zeros(shape)).shape == shape
 
 
+def _ctc_both(torch, logits, labels, input_lengths, target_lengths, **kwargs):
+    """(PyTorch, jaxloss) losses and gradients with respect to ``log_probs`` (float64)."""
+    lp = torch.tensor(logits, dtype=torch.float64).log_softmax(-1).requires_grad_()
+    theirs = torch.nn.functional.ctc_loss(
+        lp, torch.tensor(labels), torch.tensor(input_lengths), torch.tensor(target_lengths),
+        **kwargs,
+    )  # fmt: skip
+    theirs.sum().backward()
+    with jax.enable_x64(True):
+
+        def loss(x):
+            return jl.ctc_loss(x, labels, input_lengths, target_lengths, **kwargs)
+
+        x = jnp.asarray(lp.detach().numpy())
+        ours = loss(x), jax.grad(lambda x: jnp.sum(loss(x)))(x)
+    return (theirs.detach().numpy(), lp.grad.numpy()), tuple(map(np.asarray, ours))
+
+
+@row("gradient of `ctc_loss` with respect to `log_probs`")
+def ctc_gradient(torch):
+    logits = np.random.default_rng(0).normal(size=(6, 2, 4))
+    labels, lengths = np.array([[1, 2], [3, 3]]), np.array([6, 5])
+    theirs, ours = _ctc_both(torch, logits, labels, lengths, np.array([2, 2]), reduction="sum")
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-12)
+    posterior = -ours[1]
+    active = (np.arange(6) < lengths[:, None]).T[..., None]
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(theirs[1], active * np.exp(log_probs) - posterior, atol=1e-12)
+    np.testing.assert_allclose(ours[1].sum(-1), -1.0 * active[..., 0], atol=1e-12)
+    through = jax.grad(
+        lambda z: jnp.sum(
+            jl.ctc_loss(jl.log_softmax(z), labels, lengths, np.array([2, 2]), reduction="sum")
+        )  # fmt: skip
+    )
+    x = torch.tensor(logits, requires_grad=True)
+    torch.nn.functional.ctc_loss(x.log_softmax(-1), torch.tensor(labels), torch.tensor(lengths),
+                                 torch.tensor([2, 2]), reduction="sum").backward()  # fmt: skip
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(through(jnp.asarray(logits)), x.grad.numpy(), atol=1e-12)
+
+
+@row("a `ctc_loss` label equal to `blank`, within the target length")
+def ctc_blank_label(torch):
+    logits = np.random.default_rng(1).normal(size=(5, 1, 4))
+    for blank, labels in [(0, [[1, 0, 2]]), (3, [[1, 3, 2]])]:
+        theirs, ours = _ctc_both(torch, logits, np.array(labels), [5], [3], blank=blank)
+        assert np.isfinite(theirs[0]) and np.all(np.isfinite(theirs[1]))
+        assert np.isnan(ours[0]) and np.all(np.isnan(ours[1][:, :, [1, 2, blank]]))
+    out_of_range = jl.ctc_loss(logits, np.array([[1, 4, 2]]), np.array([5]), np.array([3]))
+    assert np.isnan(out_of_range)
+
+
+@row("`ctc_loss` targets concatenated into one 1-D tensor")
+def ctc_concatenated_targets(torch):
+    logits = np.random.default_rng(2).normal(size=(5, 2, 4))
+    lp = torch.tensor(logits).log_softmax(-1)
+    flat = torch.tensor([1, 2, 3])
+    concatenated = torch.nn.functional.ctc_loss(
+        lp, flat, torch.tensor([5, 5]), torch.tensor([2, 1])
+    )
+    padded = torch.nn.functional.ctc_loss(
+        lp, torch.tensor([[1, 2], [3, 0]]), torch.tensor([5, 5]), torch.tensor([2, 1])
+    )
+    assert torch.isclose(concatenated, padded)
+    message = _raises(lambda: jl.ctc_loss(logits, np.array([1, 2, 3]), [5, 5], [2, 1]), ValueError)
+    assert "targets must have 2 dimension(s)" in message
+
+
+@row("`ctc_loss` with an input length above T, a target length above S, or a negative length")
+def ctc_lengths_out_of_range(torch):
+    lp = torch.zeros(5, 1, 4)
+    x, labels = np.zeros((5, 1, 4)), np.array([[1, 2]])
+    cases = [(([6], [2]), "input_lengths"), (([5], [3]), "target_lengths")]
+    cases += [(([-1], [2]), "input_lengths"), (([5], [-1]), "target_lengths")]
+    for lengths, name in cases:
+        _raises(lambda: torch.nn.functional.ctc_loss(
+            lp, torch.tensor(labels), *map(torch.tensor, lengths)), RuntimeError)  # fmt: skip
+        message = _raises(lambda: jl.ctc_loss(x, labels, *map(np.array, lengths)), ValueError)
+        assert message.startswith(name)
+    traced = jax.jit(lambda n: jl.ctc_loss(x, labels, n, jnp.array([2]), reduction="none"))
+    assert np.isnan(traced(jnp.array([6]))[0]) and np.isfinite(traced(jnp.array([5]))[0])
+
+
+@row(
+    "`ctc_loss` with no possible alignment (a target longer than its input allows, or a "
+    "repeated label without a frame for the blank between)"
+)
+def ctc_impossible(torch):
+    logits = np.random.default_rng(3).normal(size=(5, 2, 4))
+    labels, lengths = np.array([[1, 2, 3], [1, 1, 2]]), np.array([2, 3])
+    for zero_infinity in (False, True):
+        both = _ctc_both(torch, logits, labels, lengths, np.array([3, 3]),
+                         reduction="none", zero_infinity=zero_infinity)  # fmt: skip
+        active = np.arange(5)[:, None] < lengths
+        for (value, grad), theirs in zip(both, (True, False), strict=True):
+            if zero_infinity:
+                assert np.all(value == 0) and np.all(grad == 0)
+                continue
+            assert np.all(value == np.inf) and np.all(grad[~active] == 0)
+            # Sequence 1's classes are the blank, 1 and 2: class 3 is nan only in PyTorch.
+            assert np.all(np.isnan(grad[active][:, :3]))
+            assert np.all(np.isnan(grad[:3, 1, 3])) if theirs else np.all(grad[:, 1, 3] == 0)
+
+
+@row("`ctc_loss` with a target of length 0, or an input of length 0")
+def ctc_empty(torch):
+    logits = np.random.default_rng(4).normal(size=(4, 3, 3))
+    labels = np.array([[1, 2], [1, 2], [2, 2]])
+    inputs, targets = np.array([4, 0, 0]), np.array([0, 0, 2])
+    lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    for reduction in ("none", "mean"):
+        theirs, ours = _ctc_both(torch, logits, labels, inputs, targets, reduction=reduction)
+        for value, grad in (theirs, ours):
+            per_sequence = [-lp[:, 0, 0].sum(), 0.0, np.inf]
+            want = per_sequence if reduction == "none" else np.mean(per_sequence)
+            np.testing.assert_allclose(value, want, rtol=1e-12)
+            assert np.all(grad[:, 1:] == 0)
+    both = _ctc_both(torch, logits[:, :1], labels[:1], [4], [0], reduction="mean")
+    for value, _ in both:
+        np.testing.assert_allclose(value, -lp[:, 0, 0].sum(), rtol=1e-12)  # divided by 1
+
+
 CHECKS = {situation: check for check, situation in _ROWS}
 
 

@@ -53,6 +53,14 @@ def test_logit_losses_equal_unsharded_without_vocabulary_wide_all_gathers(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_ctc_losses_equal_one_device_with_the_batch_sharded_and_gather_nothing(mode):
+    results = run_script("sharded_cases.py", "ctc", mode)
+    assert {r["case"] for r in results} == {"ctc_loss", "ctc_loss_with_paddings"}
+    check_agreement(results)
+    assert all(r["all_gathers"] == 0 for r in results), results
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_fused_losses_equal_one_device_in_every_layout(mode):
     lines = run_script("sharded_cases.py", "fused", mode)
     results = [r for r in lines if "vmap_communication" not in r]

@@ -1,0 +1,408 @@
+"""Connectionist temporal classification: ``ctc_loss`` and ``ctc_loss_with_paddings``.
+
+The loss runs the forward recursion of Graves et al. (2006) in log space as a
+``lax.scan`` over time, over the extended label sequence (a blank before, between
+and after the labels: S' = 2S + 1 states). Its JVP rule runs the backward recursion
+and takes the gradient from the state occupancies, so autodiff never differentiates
+through the scan. The lattice costs O(T B S') memory, never O(T S' C).
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxloss import _checks
+from jaxloss._reduce import compute_dtype, safe_divide
+from jaxloss._softmax import log_softmax
+
+
+def _logsumexp3(a, b, c):
+    """log(e^a + e^b + e^c) elementwise: -inf when all three are, nan when one is nan.
+
+    The shift is a constant to autodiff (the result does not depend on it), and an
+    empty sum's log is taken at 1, so that higher derivatives of the rule stay finite
+    where a state is unreachable.
+    """
+    top = jax.lax.stop_gradient(jnp.maximum(jnp.maximum(a, b), c))
+    shift = jnp.where(top == -jnp.inf, 0.0, top)
+    total = jnp.exp(a - shift) + jnp.exp(b - shift) + jnp.exp(c - shift)
+    return _log_or_minus_inf(total) + shift
+
+
+def _log_or_minus_inf(total):
+    empty = total == 0
+    return jnp.where(empty, -jnp.inf, jnp.log(jnp.where(empty, 1.0, total)))
+
+
+def _shift_right(x, by, fill=-jnp.inf):
+    """``x[..., s - by]``, with ``fill`` for the first ``by`` states. The fill is made
+    from a slice of ``x`` so that it is sharded like ``x`` (explicit sharding)."""
+    by = min(by, x.shape[-1])
+    pad = jnp.full_like(x[..., :by], fill)
+    return jnp.concatenate([pad, x[..., : x.shape[-1] - by]], axis=-1)
+
+
+def _shift_left(x, by, fill=-jnp.inf):
+    """``x[..., s + by]``, with ``fill`` for the last ``by`` states."""
+    by = min(by, x.shape[-1])
+    pad = jnp.full_like(x[..., :by], fill)
+    return jnp.concatenate([x[..., by:], pad], axis=-1)
+
+
+def _forward(emit, skip, active):
+    """The log forward variables alpha[t, b, s] (after frame t) and their final value.
+
+    alpha starts from a virtual state before s = 0; a frame that is not active leaves
+    it unchanged.
+    """
+    states = emit.shape[-1]
+    # zeros_like of a reduction rather than of emit[0]: T may be 0, and the sharding is kept.
+    start = jnp.where(jnp.arange(states) == 0, 0.0, -jnp.inf) + jnp.zeros_like(emit.sum(0))
+
+    def step(alpha, frame):
+        emit_t, active_t = frame
+        two_back = jnp.where(skip, _shift_right(alpha, 2), -jnp.inf)
+        new = emit_t + _logsumexp3(alpha, _shift_right(alpha, 1), two_back)
+        alpha = jnp.where(active_t[:, None], new, alpha)
+        return alpha, alpha
+
+    last, alphas = jax.lax.scan(step, start, (emit, active))
+    return alphas, last
+
+
+def _backward(emit, skip, active, final):
+    """The log backward variables beta[t, b, s]: the log probability of the frames
+    after t given state s at frame t (0 at the final states after the last frame)."""
+    end = jnp.where(final, 0.0, -jnp.inf).astype(emit.dtype)
+    skip_from = _shift_left(skip, 2, False)  # may state s go to s + 2?
+
+    def step(beta, frame):
+        emit_t, active_t = frame
+        ahead = emit_t + beta
+        two_ahead = jnp.where(skip_from, _shift_left(ahead, 2), -jnp.inf)
+        earlier = _logsumexp3(ahead, _shift_left(ahead, 1), two_ahead)
+        return jnp.where(active_t[:, None], earlier, beta), beta
+
+    _, betas = jax.lax.scan(step, end, (emit, active), reverse=True)
+    return betas
+
+
+def _final_log_likelihood(last, final):
+    masked = jnp.where(final, last, -jnp.inf)
+    top = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
+    shift = jnp.where(top == -jnp.inf, 0.0, top)
+    total = jnp.sum(jnp.where(final, jnp.exp(masked - shift), 0.0), axis=-1)
+    return _log_or_minus_inf(total) + shift[:, 0]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _ctc_nll(emit, skip, active, final, invalid, zero_infinity):
+    """The negative log-likelihood per sequence from the gathered log-probabilities
+    ``emit[t, b, s]`` of each extended label; nan for ``invalid`` sequences."""
+    _, last = _forward(emit, skip, active)
+    nll = -_final_log_likelihood(last, final)
+    return _finish(nll, invalid, zero_infinity)
+
+
+def _finish(nll, invalid, zero_infinity):
+    if zero_infinity:
+        nll = jnp.where(nll == jnp.inf, 0.0, nll)
+    return jnp.where(invalid, jnp.nan, nll)
+
+
+@_ctc_nll.defjvp
+def _ctc_nll_jvp(zero_infinity, primals, tangents):
+    emit, skip, active, final, invalid = primals
+    alphas, last = _forward(emit, skip, active)
+    betas = _backward(emit, skip, active, final)
+    log_likelihood = _final_log_likelihood(last, final)
+    nll = _finish(-log_likelihood, invalid, zero_infinity)
+    # The occupancy of state s at frame t: the share of the likelihood of the paths
+    # through it. The gradient of -log p with respect to emit[t, b, s] is minus it.
+    occupancy = jnp.exp(alphas + betas - log_likelihood[None, :, None])
+    dropped = (log_likelihood == -jnp.inf) & zero_infinity
+    occupancy = jnp.where(active[..., None] & ~dropped[None, :, None], occupancy, 0.0)
+    occupancy = jnp.where(invalid[None, :, None], jnp.nan, occupancy)
+    return nll, -jnp.sum(occupancy * tangents[0], axis=(0, 2))
+
+
+def _extended_labels(targets, target_lengths, blank: int, num_classes: int):
+    """The blank-interleaved labels (B, 2S + 1), whether each state may be entered from
+    two states back, the final states, and the sequences whose labels are not valid."""
+    batch, max_length = targets.shape
+    # Judged before the cast to int32, so that no wide integer wraps into a class.
+    bad_label = (targets < 0) | (targets >= num_classes) | (targets == blank)
+    labels = jnp.clip(targets, 0, num_classes - 1).astype(jnp.int32)
+    interleaved = jnp.stack([jnp.full_like(labels, blank), labels], axis=-1)
+    lengths = target_lengths.astype(jnp.int32)[:, None]
+    last_blank = jnp.full_like(lengths, blank)
+    extended = jnp.concatenate([interleaved.reshape(batch, 2 * max_length), last_blank], axis=-1)
+    state = jnp.arange(2 * max_length + 1)
+    skip = (state % 2 == 1) & (state >= 3) & (extended != _shift_right(extended, 2, -1))
+    final = (state == 2 * lengths) | (state == 2 * lengths - 1)
+    in_sequence = jnp.arange(max_length) < lengths
+    invalid = jnp.any(in_sequence & bad_label, axis=-1)
+    return extended, skip, final, invalid
+
+
+def _reduce(nll, target_lengths, reduction: str):
+    if reduction == "none":
+        return nll
+    if reduction == "sum":
+        return jnp.sum(nll)
+    per_label = nll / jnp.maximum(target_lengths, 1).astype(nll.dtype)
+    return safe_divide(jnp.sum(per_label), jnp.asarray(nll.shape[0], nll.dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("blank", "reduction", "zero_infinity", "time_major"))
+def _ctc(log_probs, targets, active, target_lengths, bad_length, *, blank, reduction,
+         zero_infinity, time_major):  # fmt: skip
+    dtype = compute_dtype(log_probs.dtype)
+    num_classes = log_probs.shape[-1]
+    extended, skip, final, invalid = _extended_labels(targets, target_lengths, blank, num_classes)
+    # Gather the extended labels' log-probabilities in the input's layout, then put
+    # time first for the scan; the (T, B, C) array itself is never transposed.
+    if time_major:
+        emit = jnp.take_along_axis(log_probs, extended[None], axis=2)
+    else:
+        emit = jnp.take_along_axis(log_probs, extended[:, None], axis=2).transpose(1, 0, 2)
+    nll = _ctc_nll(emit.astype(dtype), skip, active, final, invalid | bad_length, zero_infinity)
+    return _reduce(nll, target_lengths, reduction).astype(log_probs.dtype)
+
+
+def _integer_array(name: str, value, ndim: int) -> jax.Array:
+    value = _checks.as_array(name, value)
+    if not jnp.issubdtype(value.dtype, jnp.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {value.dtype}")
+    if value.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {value.shape}")
+    return value
+
+
+def _lengths(name: str, value, batch: int, limit: int, what: str) -> jax.Array:
+    """Per-sequence lengths in [0, limit], checked when known at trace time."""
+    value = _integer_array(name, value, 1)
+    if value.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), one per sequence, got {value.shape}")
+    if _checks.is_readable(value) and value.size:
+        host = np.asarray(value)
+        low, high = int(host.min()), int(host.max())
+        if low < 0 or high > limit:
+            raise ValueError(
+                f"{name} must be in [0, {limit}] ({what}), got values in [{low}, {high}]"
+            )
+    return value
+
+
+def _blank(value, num_classes: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"blank must be a Python int, got {value!r}")
+    index = int(value)
+    if not 0 <= index < num_classes:
+        raise ValueError(f"blank must be a class index in [0, {num_classes}), got {index}")
+    return index
+
+
+def _options(reduction, zero_infinity) -> str:
+    if not isinstance(zero_infinity, bool):
+        raise TypeError(f"zero_infinity must be a bool, got {zero_infinity!r}")
+    return _checks.reduction(reduction)
+
+
+def ctc_loss(
+    log_probs: ArrayLike,
+    targets: ArrayLike,
+    input_lengths: ArrayLike,
+    target_lengths: ArrayLike,
+    *,
+    blank: int = 0,
+    reduction: str = "mean",
+    zero_infinity: bool = False,
+) -> jax.Array:
+    r"""Connectionist temporal classification loss, in PyTorch's layout.
+
+    The negative log-likelihood of each target sequence $y$ (length $L$) under the
+    per-frame class log-probabilities $\log p_t$ of its first $T_b$ frames,
+    summed over every alignment $\pi$ that reduces to $y$ when repeats are merged
+    and blanks removed:
+
+    $$
+    \ell = -\log \sum_{\pi \in \mathcal{B}^{-1}(y)} \prod_{t < T_b} p_t(\pi_t).
+    $$
+
+    The sum is the forward recursion over the extended labels $y'$ (a blank
+    before, between and after the labels, $2L + 1$ states) in log space.
+    Gradient (the custom JVP rule, from the forward variables $\alpha$ and the
+    backward variables $\beta$):
+    $\partial\ell/\partial \log p_t(c) = -\sum_{s: y'_s = c}
+    e^{\alpha_t(s) + \beta_t(s) + \ell}$, minus the posterior probability of
+    class $c$ at frame $t$; it sums to $-1$ over the classes of each frame,
+    and is 0 on frames past $T_b$.
+
+    Args:
+        log_probs: floating log-probabilities of shape ``(T, B, C)`` (time,
+            batch, classes), or ``(T, C)`` for one sequence. Low-precision inputs
+            are accumulated in float32.
+        targets: integer labels, padded to shape ``(B, S)`` (or ``(S,)``); only
+            the first ``target_lengths[b]`` of row ``b`` are read.
+        input_lengths: integer frames per sequence, shape ``(B,)`` (or scalar),
+            each in ``[0, T]``.
+        target_lengths: integer labels per sequence, shape ``(B,)`` (or scalar),
+            each in ``[0, S]``.
+        blank: the blank class, a Python int in ``[0, C)``.
+        reduction: ``"mean"`` (each loss divided by its target length, at least
+            1, then averaged over the batch), ``"sum"`` or ``"none"`` (per
+            sequence).
+        zero_infinity: give impossible alignments (infinite loss) a loss of 0
+            and a zero gradient.
+
+    Returns:
+        A scalar, or the ``(B,)`` losses for ``reduction="none"``, in the input dtype.
+        A sequence whose labels (within its length) include ``blank`` or a class
+        outside ``[0, C)`` has a nan loss; so does one whose length is traced and
+        out of range (known lengths out of range raise ``ValueError``).
+
+    PyTorch: ``F.ctc_loss`` with the same arguments gives the same losses.
+    Its gradient with respect to ``log_probs`` assumes they come from a
+    log-softmax (``exp(log_probs) - posterior``); this one is the true gradient
+    (``-posterior``), and the two agree through a ``log_softmax``. ``targets``
+    must be padded ``(B, S)``; PyTorch's concatenated 1-D form is not accepted.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxloss as jl
+        >>> jnp.set_printoptions(precision=4)
+        >>> log_probs = jl.log_softmax(jnp.array([[[0.0, 1.0, 0.0]], [[1.0, 0.0, 0.0]]]))
+        >>> targets, lengths = jnp.array([[1]]), jnp.array([2])
+        >>> # paths 1-blank, 1-1, blank-1: -log(p0[1] p1[0] + p0[1] p1[1] + p0[0] p1[1])
+        >>> jl.ctc_loss(log_probs, targets, lengths, jnp.array([1]))
+        Array(0.6953, dtype=float32)
+        >>> jax.grad(jl.ctc_loss)(log_probs, targets, lengths, jnp.array([1]))[:, 0]
+        Array([[-0.09  , -0.91  ,  0.    ],
+               [-0.6652, -0.3348,  0.    ]], dtype=float32)
+    """
+    log_probs = _checks.floating_input("log_probs", log_probs)
+    if log_probs.ndim not in (2, 3):
+        raise ValueError(f"log_probs must have shape (T, B, C) or (T, C), got {log_probs.shape}")
+    unbatched = log_probs.ndim == 2
+    targets = _integer_array("targets", targets, 1 if unbatched else 2)
+    if unbatched:
+        log_probs, targets = log_probs[:, None], targets[None]
+        input_lengths = jnp.reshape(_integer_array("input_lengths", input_lengths, 0), (1,))
+        target_lengths = jnp.reshape(_integer_array("target_lengths", target_lengths, 0), (1,))
+    frames, batch, num_classes = log_probs.shape
+    if targets.shape[0] != batch:
+        raise ValueError(
+            f"targets must have {batch} rows (log_probs' batch axis 1), got shape {targets.shape}"
+        )
+    input_lengths = _lengths("input_lengths", input_lengths, batch, frames, "log_probs' T")
+    target_lengths = _lengths(
+        "target_lengths", target_lengths, batch, targets.shape[1], "targets' padded length S"
+    )
+    blank = _blank(blank, num_classes)
+    reduction = _options(reduction, zero_infinity)
+    bad_length = ((input_lengths < 0) | (input_lengths > frames)
+                  | (target_lengths < 0) | (target_lengths > targets.shape[1]))  # fmt: skip
+    active = jnp.arange(frames)[:, None] < input_lengths[None, :]
+    loss = _ctc(log_probs, targets, active, target_lengths, bad_length, blank=blank,
+                reduction=reduction, zero_infinity=zero_infinity, time_major=True)  # fmt: skip
+    return loss[0] if unbatched and reduction == "none" else loss
+
+
+def _paddings(name: str, value, shape: tuple[int, ...], right_padded: bool) -> jax.Array:
+    """0/1 padding indicators of ``shape`` (1 for a padded position), checked when
+    known at trace time."""
+    value = _checks.as_array(name, value)
+    if value.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+    if _checks.is_readable(value) and value.size:
+        host = np.asarray(value)
+        if not np.all((host == 0) | (host == 1)):
+            raise ValueError(f"{name} must hold only 0 and 1 (1 marks a padded position)")
+        if right_padded and np.any(np.diff(host.astype(np.int8), axis=-1) < 0):
+            raise ValueError(f"{name} must be right-padded: in each row, 0s then 1s")
+    return value
+
+
+def ctc_loss_with_paddings(
+    logits: ArrayLike,
+    logit_paddings: ArrayLike,
+    labels: ArrayLike,
+    label_paddings: ArrayLike,
+    *,
+    blank: int = 0,
+    reduction: str = "none",
+    zero_infinity: bool = False,
+) -> jax.Array:
+    r"""The CTC loss of :func:`ctc_loss` in optax's layout: batch-major logits and
+    padding indicators.
+
+    ``ctc_loss_with_paddings(logits, logit_paddings, labels, label_paddings,
+    blank=k)`` is ``optax.ctc_loss(logits, logit_paddings, labels, label_paddings,
+    blank_id=k)`` for every alignment that is possible; an impossible one is
+    ``inf`` here (optax: a large finite number, from its ``log_epsilon``). In
+    terms of :func:`ctc_loss`, it is
+
+    $$
+    \texttt{ctc\_loss}(\mathrm{log\_softmax}(\texttt{logits}).\mathrm{transpose}(1, 0, 2),
+    \texttt{labels}, \sum_t (1 - \texttt{logit\_paddings}),
+    \sum_n (1 - \texttt{label\_paddings}))
+    $$
+
+    when the logit paddings are at the end of each row; a padded frame
+    elsewhere is skipped, as in optax. Gradient: the custom JVP rule of
+    :func:`ctc_loss`, through the log-softmax: $\partial\ell/\partial z_t =
+    \mathrm{softmax}(z_t) - \text{posterior}_t$ on frames that are not padded, 0
+    on padded ones.
+
+    Args:
+        logits: floating unnormalized scores of shape ``(B, T, C)``.
+        logit_paddings: ``(B, T)`` indicators, 1 for a padded frame, else 0.
+        labels: integer labels of shape ``(B, N)``.
+        label_paddings: ``(B, N)`` indicators, 1 for a padded label; right-padded
+            (0s then 1s in each row).
+        blank: the blank class, a Python int in ``[0, C)``.
+        reduction: ``"none"`` (per sequence, optax's output), ``"mean"`` (each loss
+            divided by its label count, at least 1, then averaged) or ``"sum"``.
+        zero_infinity: give impossible alignments a loss of 0 and a zero gradient.
+
+    Returns:
+        The ``(B,)`` losses, or a scalar, in the input dtype; nan for a sequence
+        whose labels include ``blank`` or a class outside ``[0, C)``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxloss as jl
+        >>> jnp.set_printoptions(precision=4)
+        >>> logits = jnp.array([[[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [5.0, 5.0, 5.0]]])
+        >>> labels, paddings = jnp.array([[1, 2]]), jnp.array([[0.0, 1.0]])
+        >>> jl.ctc_loss_with_paddings(logits, jnp.array([[0.0, 0.0, 1.0]]), labels, paddings)
+        Array([0.6953], dtype=float32)
+        >>> jax.grad(lambda z: jl.ctc_loss_with_paddings(
+        ...     z, jnp.array([[0.0, 0.0, 1.0]]), labels, paddings)[0])(logits)[0]
+        Array([[ 0.1219, -0.3339,  0.2119],
+               [-0.0891, -0.1228,  0.2119],
+               [ 0.    ,  0.    ,  0.    ]], dtype=float32)
+    """
+    logits = _checks.floating_input("logits", logits)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape (B, T, C), got {logits.shape}")
+    batch, frames, num_classes = logits.shape
+    labels = _integer_array("labels", labels, 2)
+    if labels.shape[0] != batch:
+        raise ValueError(f"labels must have {batch} rows (logits' batch), got {labels.shape}")
+    logit_paddings = _paddings("logit_paddings", logit_paddings, (batch, frames), False)
+    label_paddings = _paddings("label_paddings", label_paddings, labels.shape, True)
+    blank = _blank(blank, num_classes)
+    reduction = _options(reduction, zero_infinity)
+    active = (logit_paddings == 0).T
+    target_lengths = jnp.sum(label_paddings == 0, axis=1, dtype=jnp.int32)
+    return _ctc(log_softmax(logits), labels, active, target_lengths,
+                jnp.zeros((batch,), bool), blank=blank, reduction=reduction,
+                zero_infinity=zero_infinity, time_major=False)  # fmt: skip

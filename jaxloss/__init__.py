@@ -7,6 +7,17 @@ from jaxloss._distill import linear_kl_div
 from jaxloss._divergence import kl_div
 from jaxloss._focal import poly1_cross_entropy, sigmoid_focal_loss, softmax_focal_loss
 from jaxloss._linear import linear_cross_entropy
+from jaxloss._margin import (
+    hinge_embedding_loss,
+    hinge_loss,
+    multi_margin_loss,
+    multiclass_hinge_loss,
+    multiclass_perceptron_loss,
+    multilabel_margin_loss,
+    multilabel_soft_margin_loss,
+    perceptron_loss,
+    soft_margin_loss,
+)
 from jaxloss._softmax import log_sigmoid, log_softmax, softmax
 
 __version__ = "0.1.0"
@@ -17,14 +28,23 @@ __all__ = [
     "cross_entropy",
     "ctc_loss",
     "ctc_loss_with_paddings",
+    "hinge_embedding_loss",
+    "hinge_loss",
     "kl_div",
     "linear_cross_entropy",
     "linear_kl_div",
     "log_sigmoid",
     "log_softmax",
+    "multi_margin_loss",
+    "multiclass_hinge_loss",
+    "multiclass_perceptron_loss",
+    "multilabel_margin_loss",
+    "multilabel_soft_margin_loss",
     "nll_loss",
+    "perceptron_loss",
     "poly1_cross_entropy",
     "sigmoid_focal_loss",
+    "soft_margin_loss",
     "softmax",
     "softmax_focal_loss",
 ]

@@ -86,6 +86,56 @@ def _table_coefficients(x, kind, w, eps, y=None, t=None):
     return w * ((1 - eps) * t + eps / c)
 
 
+@claim(
+    "docs/gradients.md",
+    r"\frac{\partial \ell}{\partial x_i} = \frac{w_y}{C}\, p\, z_i^{p-1} [z_i > 0]"
+    r" \quad (i \ne y),",
+    "and for `multilabel_margin_loss` each active pair $(j, i)$ adds $1/C$ to",
+    r"their gradient is $e_{k^*} - e_y$, where $k^*$ is $y$ when $y$ attains the maximum",
+    r"`soft_margin_loss` is $-\log\sigma(t x)$, with gradient $-t\,\sigma(-t x)$",
+    r"gradient $w_i(\sigma(x_i) - t_i)/C$",
+    "| `hinge_embedding_loss`, $t = -1$ | $m - x$ | 1 (so $\\partial\\ell/\\partial x = -1$) |",
+)
+def margin_gradients():
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(3, 4)), np.array([0, 2, 3])
+    w, m, c = rng.uniform(0.5, 2.0, size=4), 0.6, 4
+    for p in (1, 2):
+        z = m - x[np.arange(3), y][:, None] + x
+        slope = w[y][:, None] / c * p * np.where(z > 0, z, 0.0) ** (p - 1) * (z > 0)
+        slope[np.arange(3), y] = 0.0
+        slope[np.arange(3), y] = -slope.sum(-1)
+        grad = jax.grad(
+            lambda v: jl.multi_margin_loss(v, y, p=p, margin=m, weight=w, reduction="sum")
+        )
+        _close(grad(x), slope)
+    lists = np.array([[0, 2, -1, 0], [3, -1, 0, 0], [1, 0, 2, 3]])
+    member = np.zeros((3, 4), bool)
+    member[0, [0, 2]] = member[1, 3] = member[2, :] = True
+    want = np.zeros((3, 4))
+    for n, j, i in np.ndindex(3, 4, 4):
+        if member[n, j] and not member[n, i] and 1 - x[n, j] + x[n, i] > 0:
+            want[n, i] += 1 / c
+            want[n, j] -= 1 / c
+    _close(jax.grad(lambda v: jl.multilabel_margin_loss(v, lists, reduction="sum"))(x), want)
+    for name, margin in [("multiclass_hinge_loss", 1.0), ("multiclass_perceptron_loss", 0.0)]:
+        shifted = x + margin * (np.arange(4) != y[:, None])
+        winner = np.where(shifted[np.arange(3), y] >= shifted.max(-1), y, shifted.argmax(-1))
+        want = np.eye(4)[winner] - np.eye(4)[y]
+        loss = getattr(jl, name)
+        _close(jax.grad(lambda v, loss=loss: loss(v, y, reduction="sum"))(x), want)
+    t = np.sign(rng.normal(size=(3, 4)))
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    _close(jax.grad(lambda v: jl.soft_margin_loss(v, t, reduction="sum"))(x), -t * sigmoid(-t * x))
+    probs = rng.uniform(size=(3, 4))
+    grad = jax.grad(lambda v: jl.multilabel_soft_margin_loss(v, probs, weight=w, reduction="sum"))
+    _close(grad(x), w * (sigmoid(x) - probs) / c)
+    at_margin = jax.grad(
+        lambda v: jl.hinge_embedding_loss(v, -jnp.ones(2), margin=0.5, reduction="sum")
+    )
+    _close(at_margin(jnp.array([0.5, 0.7])), [-1.0, 0.0])
+
+
 def _ctc_posteriors_by_enumeration(log_probs, labels, blank=0):
     """P and the posterior of each class at each frame, from every path of classes
     (C^T of them) whose collapse (merge repeats, drop blanks) is ``labels``."""
@@ -779,6 +829,56 @@ def ctc_programs():
 
 
 @claim(
+    "docs/pytorch.md",
+    "| `F.multi_margin_loss(x, y, p=p, margin=m, weight=w)` "
+    "| `jl.multi_margin_loss(x, y, p=p, margin=m, weight=w)` |",
+    "| `F.multilabel_margin_loss(x, y)` | `jl.multilabel_margin_loss(x, y)` |",
+    "| `F.multilabel_soft_margin_loss(x, t, weight=w)` "
+    "| `jl.multilabel_soft_margin_loss(x, t, weight=w)` |",
+    "| `F.soft_margin_loss(x, t)` | `jl.soft_margin_loss(x, t)` |",
+    "| `F.hinge_embedding_loss(x, t, margin=m)` | `jl.hinge_embedding_loss(x, t, margin=m)` |",
+)
+def pytorch_margin_rows():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(4, 5)), rng.integers(0, 5, size=4)
+    w, t = rng.uniform(0.5, 2.0, size=5), rng.uniform(size=(4, 5)).round()
+    lists = np.array([[1, 3, -1, 0, 0], [0, -1, 0, 0, 0], [4, 2, 1, 0, 3], [-1, 0, 0, 0, 0]])
+    T = torch.tensor  # noqa: N806
+    pairs = [
+        (jl.multi_margin_loss(x, y, p=2, margin=0.7, weight=w),
+         F.multi_margin_loss(T(x), T(y), p=2, margin=0.7, weight=T(w))),
+        (jl.multilabel_margin_loss(x, lists), F.multilabel_margin_loss(T(x), T(lists))),
+        (jl.multilabel_soft_margin_loss(x, t, weight=w),
+         F.multilabel_soft_margin_loss(T(x), T(t), weight=T(w))),
+        (jl.soft_margin_loss(x, 2 * t - 1), F.soft_margin_loss(T(x), T(2 * t - 1))),
+        (jl.hinge_embedding_loss(x, 2 * t - 1, margin=0.8),
+         F.hinge_embedding_loss(T(x), T(2 * t - 1), margin=0.8)),
+    ]  # fmt: skip
+    for ours, theirs in pairs:
+        _close(ours, theirs.numpy())
+
+
+@claim(
+    "docs/optax.md",
+    "| `optax.losses.hinge_loss(scores, targets)` "
+    '| `jl.hinge_loss(scores, targets, reduction="none")` |',
+    "| `optax.losses.multiclass_perceptron_loss(scores, labels)` "
+    '| `jl.multiclass_perceptron_loss(scores, labels, reduction="none")` |',
+)
+def optax_margin_rows():
+    optax = pytest.importorskip("optax")
+    rng = np.random.default_rng(8)
+    x, y, t = rng.normal(size=(5, 4)), rng.integers(0, 4, size=5), rng.choice([-1.0, 1.0], (5, 4))
+    cases = [("hinge_loss", t), ("perceptron_loss", t)]
+    cases += [("multiclass_hinge_loss", y), ("multiclass_perceptron_loss", y)]
+    for name, target in cases:
+        ours = getattr(jl, name)(x, target, reduction="none")
+        _close(ours, getattr(optax.losses, name)(x, target))
+
+
+@claim(
     "docs/optax.md",
     "| `optax.ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=k)` "
     "| `jl.ctc_loss_with_paddings(logits, logit_paddings, labels, label_paddings, blank=k)` |",
@@ -869,6 +969,7 @@ LAYERS = {
     "_binary": 3,
     "_divergence": 3,
     "_ctc": 3,
+    "_margin": 4,
     "_distill": 4,
     "_focal": 4,
 }
@@ -879,7 +980,7 @@ LAYERS = {
     "Imports run one way: `_checks` and `_reduce` at the bottom, then `_softmax`, then",
     "`_xent`, then the fused engine (`_fused/`) and the public loss modules, which import",
     "nothing from each other, except `_linear` and `_distill`, the engine's two heads, and",
-    "`_focal`, which builds on `_binary`'s softplus terms; those three sit above the rest.",
+    "`_focal` and `_margin`, which build on `_binary`'s terms; those four sit above the rest.",
 )
 def import_layers():
     for name, layer in LAYERS.items():

@@ -51,6 +51,21 @@ CASES = {
             jax.ShapeDtypeStruct((3, 8), jnp.float32),
         ),
     ),
+    "multi_margin_loss": (lambda x, y, w: jl.multi_margin_loss(x, y, p=2, weight=w), (X, Y, W)),
+    "multilabel_margin_loss": (
+        lambda x, y: jl.multilabel_margin_loss(x, y),
+        (X16, jax.ShapeDtypeStruct((8, 16), jnp.int32)),
+    ),
+    "multilabel_soft_margin_loss": (
+        lambda x, t, w: jl.multilabel_soft_margin_loss(x, t, weight=w),
+        (X, X, W),
+    ),
+    "soft_margin_loss": (lambda x, t: jl.soft_margin_loss(x, t), (X16, X)),
+    "hinge_embedding_loss": (lambda x, t: jl.hinge_embedding_loss(x, t, margin=0.5), (X, X)),
+    "hinge_loss": (lambda x, t: jl.hinge_loss(x, t), (X, X)),
+    "perceptron_loss": (lambda x, t: jl.perceptron_loss(x, t), (X16, X)),
+    "multiclass_hinge_loss": (lambda x, y: jl.multiclass_hinge_loss(x, y), (X, Y)),
+    "multiclass_perceptron_loss": (lambda x, y: jl.multiclass_perceptron_loss(x, y), (X16, Y)),
     "binary_cross_entropy_with_logits": (
         lambda x, t: jl.binary_cross_entropy_with_logits(x, t, pos_weight=jnp.full(16, 2.0)),
         (X, X),

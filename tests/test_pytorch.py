@@ -617,6 +617,90 @@ def ctc_empty(torch):
         np.testing.assert_allclose(value, -lp[:, 0, 0].sum(), rtol=1e-12)  # divided by 1
 
 
+@row("`soft_margin_loss` where $t x$ is below about -709 (float64; -88 in float32)")
+def soft_margin_overflow(torch):
+    F = torch.nn.functional
+    for dtype, jdtype, edge in [
+        (torch.float64, jnp.float64, 710.0),
+        (torch.float32, jnp.float32, 89.0),
+    ]:
+        x, t = [-edge, 2.0], [1.0, 1.0]
+        theirs = F.soft_margin_loss(torch.tensor(x, dtype=dtype), torch.tensor(t, dtype=dtype),
+                                    reduction="none")  # fmt: skip
+        assert theirs[0].item() == INF and np.isfinite(theirs[1].item())
+        with jax.enable_x64(True):
+            ours = jl.soft_margin_loss(jnp.array(x, jdtype), jnp.array(t, jdtype), reduction="none")
+        np.testing.assert_allclose(ours, [edge, theirs[1].item()], rtol=1e-6)
+
+
+@row(
+    "a `multi_margin_loss` target outside `[0, C)`, or a `multilabel_margin_loss` list entry "
+    "outside `[0, C)` before its `-1`"
+)
+def margin_target_out_of_range(torch):
+    F = torch.nn.functional
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    _raises(lambda: F.multi_margin_loss(_t(torch, x), torch.tensor([0, 3])), RuntimeError)
+    _raises(
+        lambda: F.multilabel_margin_loss(_t(torch, x), torch.tensor([[0, -1, 0], [4, -1, 0]])),
+        RuntimeError,
+    )
+    ours = jl.multi_margin_loss(x, jnp.array([0, 3]), reduction="none")
+    assert np.isfinite(ours[0]) and np.isnan(ours[1])
+    ours = jl.multilabel_margin_loss(x, jnp.array([[0, -1, 0], [4, -1, 0]]), reduction="none")
+    assert np.isfinite(ours[0]) and np.isnan(ours[1])
+
+
+def _margin_pair(torch, name, x, *args, **kwargs):
+    """(PyTorch's, jaxloss's) value and gradient of the sum, float64."""
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    theirs = getattr(torch.nn.functional, name)(xt, *[torch.tensor(a) for a in args], **kwargs)
+    theirs.sum().backward()
+    with jax.enable_x64(True):
+        fn = lambda v: jnp.sum(getattr(jl, name)(v, *args, **kwargs))  # noqa: E731
+        ours = jax.value_and_grad(fn)(jnp.asarray(x, jnp.float64))
+    return (theirs.sum().item(), xt.grad.numpy()), (float(ours[0]), np.asarray(ours[1]))
+
+
+@row("the subgradient of the margin losses at their kinks")
+def margin_kinks(torch):
+    x = np.array([[1.0, 0.0, 0.5]])
+    cases = [
+        ("multi_margin_loss", (np.array([0]),), {}, (0, 1), 0.0),
+        ("multi_margin_loss", (np.array([0]),), {"p": 2}, (0, 1), 0.0),
+        ("multilabel_margin_loss", (np.array([[0, -1, 2]]),), {}, (0, 1), 0.0),
+        (
+            "hinge_embedding_loss",
+            (np.array([[-1.0, 1.0, 1.0]]),),
+            {"reduction": "sum"},
+            (0, 0),
+            -1.0,
+        ),
+    ]
+    for name, args, kwargs, at, slope in cases:
+        theirs, ours = _margin_pair(torch, name, x, *args, **kwargs)
+        assert theirs[1][at] == ours[1][at] == slope, name
+        np.testing.assert_allclose(ours[1], theirs[1], atol=1e-15)
+
+
+@row("a `multilabel_margin_loss` class listed twice before the `-1`")
+def multilabel_margin_repeats(torch):
+    x = np.random.default_rng(1).normal(size=(1, 4))
+    once = _margin_pair(torch, "multilabel_margin_loss", x, np.array([[1, -1, 0, 0]]))
+    twice = _margin_pair(torch, "multilabel_margin_loss", x, np.array([[1, 1, -1, 0]]))
+    for single, double in zip(once, twice, strict=True):
+        np.testing.assert_allclose(double[0], 2 * single[0], rtol=1e-14)
+    np.testing.assert_allclose(twice[1][0], twice[0][0], rtol=1e-14)
+
+
+@row("a `hinge_embedding_loss` target other than 1 and -1")
+def hinge_embedding_other_targets(torch):
+    x, t = np.array([0.3, 1.7, -0.4]), np.array([0.0, 2.0, 0.5])
+    theirs, ours = _margin_pair(torch, "hinge_embedding_loss", x, t, reduction="sum")
+    want = np.sum(x + np.maximum(0.0, 1.0 - x))
+    np.testing.assert_allclose([theirs[0], ours[0]], [want, want], rtol=1e-14)
+
+
 CHECKS = {situation: check for check, situation in _ROWS}
 
 

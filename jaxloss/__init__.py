@@ -19,6 +19,7 @@ from jaxloss._margin import (
     soft_margin_loss,
 )
 from jaxloss._softmax import log_sigmoid, log_softmax, softmax
+from jaxloss._sparsemax import multiclass_sparsemax_loss, sparsemax, sparsemax_loss
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "multi_margin_loss",
     "multiclass_hinge_loss",
     "multiclass_perceptron_loss",
+    "multiclass_sparsemax_loss",
     "multilabel_margin_loss",
     "multilabel_soft_margin_loss",
     "nll_loss",
@@ -47,4 +49,6 @@ __all__ = [
     "soft_margin_loss",
     "softmax",
     "softmax_focal_loss",
+    "sparsemax",
+    "sparsemax_loss",
 ]

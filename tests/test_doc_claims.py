@@ -136,6 +136,27 @@ def margin_gradients():
     _close(at_margin(jnp.array([0.5, 0.7])), [-1.0, 0.0])
 
 
+@claim(
+    "docs/gradients.md",
+    r"the Jacobian is $\operatorname{diag}(s) - s s^\top/|S|$ with $s$ the support's indicator.",
+    r"so by Danskin's theorem $\partial\ell/\partial x = p - e_y$",
+    r"has $\partial\ell/\partial x = \mathrm{clip}((x + 1)/2, 0, 1) - t$, continuous at $|x| = 1$,"
+    r" and $\partial\ell/\partial t = -x$.",
+)
+def sparsemax_gradients():
+    x = jnp.array([[0.9, 0.5, -1.0, 0.7], [2.0, -1.0, 0.0, 0.1]])
+    for row in x:
+        s = np.asarray(jl.sparsemax(row) > 0) * 1.0
+        _close(jax.jacobian(jl.sparsemax)(row), np.diag(s) - np.outer(s, s) / s.sum())
+    y = jnp.array([3, 0])
+    grad = jax.grad(lambda v: jl.multiclass_sparsemax_loss(v, y, reduction="sum"))(x)
+    _close(grad, jl.sparsemax(x) - jax.nn.one_hot(y, 4))
+    t = jnp.array([[0.0, 0.3, 1.0, 0.5], [1.0, 1.0, 0.0, 0.2]])
+    dx, dt = jax.grad(lambda v, u: jl.sparsemax_loss(v, u, reduction="sum"), (0, 1))(x, t)
+    _close(dx, jnp.clip((x + 1) / 2, 0, 1) - t)
+    _close(dt, -x)
+
+
 def _ctc_posteriors_by_enumeration(log_probs, labels, blank=0):
     """P and the posterior of each class at each frame, from every path of classes
     (C^T of them) whose collapse (merge repeats, drop blanks) is ``labels``."""
@@ -880,6 +901,24 @@ def optax_margin_rows():
 
 @claim(
     "docs/optax.md",
+    "| `optax.projections.projection_simplex(x)` for each row | `jl.sparsemax(x)` |",
+    "| `optax.losses.sparsemax_loss(logits, labels)` "
+    '| `jl.sparsemax_loss(logits, labels, reduction="none")` |',
+    "| `optax.losses.multiclass_sparsemax_loss(scores, labels)` "
+    '| `jl.multiclass_sparsemax_loss(scores, labels, reduction="none")` |',
+)
+def optax_sparsemax_rows():
+    optax = pytest.importorskip("optax")
+    rng = np.random.default_rng(10)
+    x, y, b = rng.normal(size=(5, 4)), rng.integers(0, 4, size=5), rng.integers(0, 2, (5, 4))
+    _close(jl.sparsemax(x), jax.vmap(optax.projections.projection_simplex)(jnp.asarray(x)))
+    _close(jl.sparsemax_loss(x, b, reduction="none"), optax.losses.sparsemax_loss(x, b))
+    ours = jl.multiclass_sparsemax_loss(x, y, reduction="none")
+    _close(ours, optax.losses.multiclass_sparsemax_loss(x, y))
+
+
+@claim(
+    "docs/optax.md",
     "| `optax.ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=k)` "
     "| `jl.ctc_loss_with_paddings(logits, logit_paddings, labels, label_paddings, blank=k)` |",
 )
@@ -969,6 +1008,7 @@ LAYERS = {
     "_binary": 3,
     "_divergence": 3,
     "_ctc": 3,
+    "_sparsemax": 3,
     "_margin": 4,
     "_distill": 4,
     "_focal": 4,

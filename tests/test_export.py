@@ -66,6 +66,9 @@ CASES = {
     "perceptron_loss": (lambda x, t: jl.perceptron_loss(x, t), (X16, X)),
     "multiclass_hinge_loss": (lambda x, y: jl.multiclass_hinge_loss(x, y), (X, Y)),
     "multiclass_perceptron_loss": (lambda x, y: jl.multiclass_perceptron_loss(x, y), (X16, Y)),
+    "sparsemax": (lambda x: jl.sparsemax(x, axis=0)[0].sum(), (X16,)),
+    "sparsemax_loss": (lambda x, t: jl.sparsemax_loss(x, t), (X, X)),
+    "multiclass_sparsemax_loss": (lambda x, y: jl.multiclass_sparsemax_loss(x, y), (X16, Y)),
     "binary_cross_entropy_with_logits": (
         lambda x, t: jl.binary_cross_entropy_with_logits(x, t, pos_weight=jnp.full(16, 2.0)),
         (X, X),

@@ -18,6 +18,7 @@ from jaxloss._margin import (
     perceptron_loss,
     soft_margin_loss,
 )
+from jaxloss._overlap import dice_loss, generalized_dice_loss, tversky_loss
 from jaxloss._softmax import log_sigmoid, log_softmax, softmax
 from jaxloss._sparsemax import multiclass_sparsemax_loss, sparsemax, sparsemax_loss
 
@@ -29,6 +30,8 @@ __all__ = [
     "cross_entropy",
     "ctc_loss",
     "ctc_loss_with_paddings",
+    "dice_loss",
+    "generalized_dice_loss",
     "hinge_embedding_loss",
     "hinge_loss",
     "kl_div",
@@ -51,4 +54,5 @@ __all__ = [
     "softmax_focal_loss",
     "sparsemax",
     "sparsemax_loss",
+    "tversky_loss",
 ]

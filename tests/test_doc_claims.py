@@ -157,6 +157,35 @@ def sparsemax_gradients():
     _close(dt, -x)
 
 
+@claim(
+    "docs/gradients.md",
+    r"\frac{\partial \ell}{\partial I} = \frac{1}{D}\Big(\frac{N}{D}(1 - \alpha - \beta) - 1\Big),",
+    r"\frac{\partial \ell}{\partial P} = \frac{N\alpha}{D^2},",
+    r"\frac{\partial \ell}{\partial T} = \frac{N\beta}{D^2},",
+    r"($\partial\ell/\partial s = (N/D - 1)/D$). Where $D = 0$ (no target, no predicted"
+    r" mass, $s = 0$) the loss is defined as 0 with a zero gradient.",
+)
+def tversky_gradients():
+    rng = np.random.default_rng(11)
+    p, t = jnp.asarray(rng.uniform(size=6)), jnp.asarray(rng.uniform(size=6))
+    alpha, beta, s = 0.3, 0.6, 0.4
+
+    def loss(p, t, alpha, beta, s):
+        return jl.tversky_loss(p, t, alpha=alpha, beta=beta, smooth=s, axis=None,
+                               from_logits=False, per_sample=False)  # fmt: skip
+
+    i, big_p, big_t = jnp.sum(p * t), jnp.sum(p), jnp.sum(t)
+    n, d = i + s, i + alpha * (big_p - i) + beta * (big_t - i) + s
+    d_i, d_p, d_t = (n / d * (1 - alpha - beta) - 1) / d, n * alpha / d**2, n * beta / d**2
+    grads = jax.grad(loss, argnums=(0, 1, 4))(p, t, alpha, beta, s)
+    _close(grads[0], t * d_i + d_p)
+    _close(grads[1], p * d_i + d_t)
+    _close(grads[2], (n / d - 1) / d)
+    zeros = jnp.zeros(3)
+    value, grad = jax.value_and_grad(loss)(zeros, zeros, alpha, beta, 0.0)
+    assert value == 0.0 and np.all(grad == 0.0)
+
+
 def _ctc_posteriors_by_enumeration(log_probs, labels, blank=0):
     """P and the posterior of each class at each frame, from every path of classes
     (C^T of them) whose collapse (merge repeats, drop blanks) is ``labels``."""
@@ -919,6 +948,30 @@ def optax_sparsemax_rows():
 
 @claim(
     "docs/optax.md",
+    "| `optax.losses.dice_loss(logits, one_hot, alpha=a, beta=b, class_weights=w)` | "
+    '`jl.tversky_loss(logits, one_hot, alpha=a, beta=b, weight=w, reduction="none").mean(-1)` |',
+    "| `optax.losses.multiclass_generalized_dice_loss(logits, one_hot)` "
+    "| `jl.generalized_dice_loss(logits, one_hot)` |",
+    "| `optax.losses.binary_dice_loss(logits, targets)` "
+    '| `jl.dice_loss(logits, targets, axis=None, reduction="none")` |',
+)
+def optax_dice_rows():
+    optax = pytest.importorskip("optax")
+    rng = np.random.default_rng(12)
+    logits = rng.normal(size=(2, 5, 3))
+    one_hot = np.eye(3)[rng.integers(0, 3, size=(2, 5))]
+    w = np.array([0.5, 1.0, 2.0])
+    ours = jl.tversky_loss(logits, one_hot, alpha=0.2, beta=0.8, weight=w, reduction="none")
+    theirs = optax.losses.dice_loss(logits, one_hot, alpha=0.2, beta=0.8, class_weights=w)
+    _close(ours.mean(-1), theirs)
+    ours = jl.generalized_dice_loss(logits, one_hot)
+    _close(ours, optax.losses.multiclass_generalized_dice_loss(logits, one_hot))
+    ours = jl.dice_loss(logits[..., 0], one_hot[..., 0], axis=None, reduction="none")
+    _close(ours, optax.losses.binary_dice_loss(logits[..., 0], one_hot[..., 0]))
+
+
+@claim(
+    "docs/optax.md",
     "| `optax.ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=k)` "
     "| `jl.ctc_loss_with_paddings(logits, logit_paddings, labels, label_paddings, blank=k)` |",
 )
@@ -1008,6 +1061,7 @@ LAYERS = {
     "_binary": 3,
     "_divergence": 3,
     "_ctc": 3,
+    "_overlap": 3,
     "_sparsemax": 3,
     "_margin": 4,
     "_distill": 4,

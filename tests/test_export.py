@@ -69,6 +69,12 @@ CASES = {
     "sparsemax": (lambda x: jl.sparsemax(x, axis=0)[0].sum(), (X16,)),
     "sparsemax_loss": (lambda x, t: jl.sparsemax_loss(x, t), (X, X)),
     "multiclass_sparsemax_loss": (lambda x, y: jl.multiclass_sparsemax_loss(x, y), (X16, Y)),
+    "dice_loss": (lambda x, y: jl.dice_loss(x, y), (XB, YB)),
+    "tversky_loss": (
+        lambda x, t: jl.tversky_loss(x, t, alpha=0.3, beta=0.7, axis=1, per_sample=False),
+        (XB, XB),
+    ),
+    "generalized_dice_loss": (lambda x, y: jl.generalized_dice_loss(x, y), (X16, Y)),
     "binary_cross_entropy_with_logits": (
         lambda x, t: jl.binary_cross_entropy_with_logits(x, t, pos_weight=jnp.full(16, 2.0)),
         (X, X),

@@ -248,8 +248,16 @@ def dice_loss(
     -2t/(P + T + 2s) + 2(I + s)/(P + T + 2s)^2$ before the softmax.
 
     Args:
-        predictions, targets, smooth, axis, weight, from_logits, per_sample,
-            ignore_background, reduction: as in :func:`tversky_loss`.
+        predictions: logits or probabilities, classes along ``axis`` (see
+            :func:`tversky_loss`).
+        targets: class indices, or per-class mass of the predictions' shape.
+        smooth: added to the numerator and the denominator (>= 0).
+        axis: the class axis, or None for one binary channel.
+        weight: optional per-class weights, shape ``(C,)``.
+        from_logits: apply a softmax (a sigmoid for one channel) first.
+        per_sample: one loss per sample and class (True), or pooled over the batch.
+        ignore_background: leave out class 0.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
         The reduced loss in the predictions' dtype; nan for a sample with a class
@@ -304,8 +312,15 @@ def generalized_dice_loss(
     times $w_c$.
 
     Args:
-        predictions, targets, smooth, axis, from_logits, per_sample,
-            ignore_background, reduction: as in :func:`tversky_loss`.
+        predictions: logits or probabilities, classes along ``axis`` (see
+            :func:`tversky_loss`).
+        targets: class indices, or per-class mass of the predictions' shape.
+        smooth: added to the numerator and the denominator (>= 0).
+        axis: the class axis, or None for one binary channel.
+        from_logits: apply a softmax (a sigmoid for one channel) first.
+        per_sample: one loss per sample and class (True), or pooled over the batch.
+        ignore_background: leave out class 0.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
         The reduced loss in the predictions' dtype.

@@ -100,6 +100,33 @@ def reduction(value, allowed=REDUCTIONS) -> str:
     return value
 
 
+def flag(name: str, value) -> bool:
+    """A static on/off option: a Python bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def class_scores(name: str, x) -> jax.Array:
+    """Floating scores with the classes on the last axis, at least one of them."""
+    x = floating_input(name, x, min_ndim=1)
+    has_classes(name, x.shape, x.ndim - 1)
+    return x
+
+
+def class_indices(name: str, targets, scores_shape: tuple[int, ...]) -> jax.Array:
+    """Integer class indices of the scores' shape without its last (class) axis."""
+    targets = as_array(name, targets)
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise TypeError(f"{name} must hold integer class indices, got dtype {targets.dtype}")
+    if targets.shape != scores_shape[:-1]:
+        raise ValueError(
+            f"{name} must have shape {scores_shape[:-1]} (the scores' shape without the class "
+            f"axis), got {targets.shape}"
+        )
+    return targets
+
+
 def ignore_index(value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"ignore_index must be a Python int, got {value!r}")

@@ -210,8 +210,7 @@ def _blank(value, num_classes: int) -> int:
 
 
 def _options(reduction, zero_infinity) -> str:
-    if not isinstance(zero_infinity, bool):
-        raise TypeError(f"zero_infinity must be a bool, got {zero_infinity!r}")
+    _checks.flag("zero_infinity", zero_infinity)
     return _checks.reduction(reduction)
 
 

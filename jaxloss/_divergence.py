@@ -131,6 +131,5 @@ def kl_div(
     target = _checks.floating_input("target", target)
     target = _checks.same_shape("target", target, log_input.shape, "log_input's")
     reduction = _checks.reduction(reduction, ("mean", "batchmean", "sum", "none"))
-    if not isinstance(log_target, bool):
-        raise TypeError(f"log_target must be a bool, got {log_target!r}")
+    log_target = _checks.flag("log_target", log_target)
     return _kl_div(log_input, target, reduction=reduction, log_target=log_target)

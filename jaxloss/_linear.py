@@ -489,8 +489,7 @@ def linear_cross_entropy(
     chunk_size = _checks.optional_positive_int("chunk_size", chunk_size)
     vocab_chunk_size = _checks.optional_positive_int("vocab_chunk_size", vocab_chunk_size)
     passes = _checks.passes(passes)
-    if not isinstance(return_aux, bool):
-        raise TypeError(f"return_aux must be a bool, got {return_aux!r}")
+    return_aux = _checks.flag("return_aux", return_aux)
     reduction = _checks.reduction(reduction, _checks.TOKEN_REDUCTIONS)
     weighting = _checks.token_weighting(
         token_weight, segment_ids, normalizer, reduction, targets.shape

@@ -41,24 +41,6 @@ def _hinge_jvp(power, slope_at_zero, primals, tangents):
     return _hinge(z, power, slope_at_zero), jnp.where(on, slope * dz, 0.0)
 
 
-def _class_index(name: str, targets, shape: tuple[int, ...]) -> jax.Array:
-    targets = _checks.as_array(name, targets)
-    if not jnp.issubdtype(targets.dtype, jnp.integer):
-        raise TypeError(f"{name} must hold integer class indices, got dtype {targets.dtype}")
-    if targets.shape != shape[:-1]:
-        raise ValueError(
-            f"{name} must have shape {shape[:-1]} (the scores' shape without the class axis), "
-            f"got {targets.shape}"
-        )
-    return targets
-
-
-def _scores(name: str, x) -> jax.Array:
-    x = _checks.floating_input(name, x, min_ndim=1)
-    _checks.has_classes(name, x.shape, x.ndim - 1)
-    return x
-
-
 def _pick(x, index):
     """``x[..., index]`` for in-range indices (clipped: callers mark the others nan)."""
     safe = jnp.clip(index, 0, x.shape[-1] - 1).astype(jnp.int32)
@@ -233,8 +215,8 @@ def multi_margin_loss(
         >>> jax.grad(jl.multi_margin_loss)(x, y)
         Array([[ 0.25,  0.25,  0.25, -0.75]], dtype=float32)
     """
-    scores = _scores("scores", scores)
-    targets = _class_index("targets", targets, scores.shape)
+    scores = _checks.class_scores("scores", scores)
+    targets = _checks.class_indices("targets", targets, scores.shape)
     weight = _checks.class_weight(weight, scores.shape[-1])
     margin = _checks.real_scalar("margin", margin, minimum=-math.inf)
     reduction = _checks.reduction(reduction)
@@ -279,7 +261,7 @@ def multilabel_margin_loss(
         >>> jax.grad(jl.multilabel_margin_loss)(x, y)
         Array([[-0.5,  0.5,  0.5, -0.5]], dtype=float32)
     """
-    scores = _scores("scores", scores)
+    scores = _checks.class_scores("scores", scores)
     targets = _checks.same_shape("targets", targets, scores.shape, "the scores'")
     if not jnp.issubdtype(targets.dtype, jnp.integer):
         raise TypeError(f"targets must hold integer class indices, got dtype {targets.dtype}")
@@ -325,7 +307,7 @@ def multilabel_soft_margin_loss(
         >>> jax.grad(jl.multilabel_soft_margin_loss)(x, t)  # (sigmoid(x) - t) / 2
         Array([[-0.25  ,  0.4404]], dtype=float32)
     """
-    logits = _scores("logits", logits)
+    logits = _checks.class_scores("logits", logits)
     targets = _checks.floating_input("targets", targets)
     targets = _checks.same_shape("targets", targets, logits.shape, "the logits'")
     if weight is not None:
@@ -517,8 +499,8 @@ def multiclass_hinge_loss(
         >>> jax.grad(jl.multiclass_hinge_loss)(x, y)
         Array([[ 1., -1.,  0.]], dtype=float32)
     """
-    scores = _scores("scores", scores)
-    labels = _class_index("labels", labels, scores.shape)
+    scores = _checks.class_scores("scores", scores)
+    labels = _checks.class_indices("labels", labels, scores.shape)
     return _multiclass_margin(scores, labels, reduction=_checks.reduction(reduction), margin=1.0)
 
 
@@ -555,6 +537,6 @@ def multiclass_perceptron_loss(
         >>> jax.grad(jl.multiclass_perceptron_loss)(x, y)  # the first of the tied maxima
         Array([[ 1., -1.,  0.]], dtype=float32)
     """
-    scores = _scores("scores", scores)
-    labels = _class_index("labels", labels, scores.shape)
+    scores = _checks.class_scores("scores", scores)
+    labels = _checks.class_indices("labels", labels, scores.shape)
     return _multiclass_margin(scores, labels, reduction=_checks.reduction(reduction), margin=0.0)

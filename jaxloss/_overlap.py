@@ -95,12 +95,6 @@ def _overlap(predictions, targets, weight, alpha, beta, smooth, *, axis, options
     return reduce_loss(loss, reduction).astype(predictions.dtype)
 
 
-def _bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
 def _overlap_arguments(predictions, targets, axis, weight):
     """Checks the arrays; returns them with the class axis normalized (None: binary,
     no class axis). Integer targets without the class axis are class indices; targets
@@ -127,9 +121,9 @@ def _overlap_arguments(predictions, targets, axis, weight):
 def _options(from_logits, per_sample, ignore_background, generalized: bool, reduction):
     """The static options of ``_overlap``, checked."""
     return (
-        _bool("from_logits", from_logits),
-        _bool("per_sample", per_sample),
-        _bool("ignore_background", ignore_background),
+        _checks.flag("from_logits", from_logits),
+        _checks.flag("per_sample", per_sample),
+        _checks.flag("ignore_background", ignore_background),
         generalized,
         _checks.reduction(reduction),
     )

@@ -222,14 +222,6 @@ def multiclass_sparsemax_loss(
         >>> jax.grad(jl.multiclass_sparsemax_loss)(x, y)  # sparsemax(x) - e_y
         Array([[ 0.6, -0.6,  0. ]], dtype=float32)
     """
-    scores = _checks.floating_input("scores", scores, min_ndim=1)
-    _checks.has_classes("scores", scores.shape, scores.ndim - 1)
-    labels = _checks.as_array("labels", labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"labels must hold integer class indices, got dtype {labels.dtype}")
-    if labels.shape != scores.shape[:-1]:
-        raise ValueError(
-            f"labels must have shape {scores.shape[:-1]} (the scores' shape without the class "
-            f"axis), got {labels.shape}"
-        )
+    scores = _checks.class_scores("scores", scores)
+    labels = _checks.class_indices("labels", labels, scores.shape)
     return _multiclass_sparsemax(scores, labels, reduction=_checks.reduction(reduction))

@@ -158,21 +158,24 @@ def sparsemax_loss(logits: ArrayLike, targets: ArrayLike, *, reduction: str = "m
     return _sparsemax_binary_loss(logits, targets, reduction=_checks.reduction(reduction))
 
 
-@jax.custom_jvp
-def _multiclass_fenchel_young(x, labels):
-    """sum_i p_i (x_i - x_y) + (1 - |p|^2) / 2 with p = sparsemax(x), labels in range."""
-    p = _sparsemax_last(x)
+def _fenchel_young_value(x, labels, p):
+    """sum_i p_i (x_i - x_y) + (1 - |p|^2) / 2, for p = sparsemax(x) and labels in range."""
     x_y = jnp.take_along_axis(x, labels[..., None], axis=-1)
     gap = jnp.sum(jnp.where(p > 0, p * (x - x_y), 0.0), axis=-1)
     return gap + 0.5 * (1.0 - jnp.sum(p * p, axis=-1))
 
 
+@jax.custom_jvp
+def _multiclass_fenchel_young(x, labels):
+    return _fenchel_young_value(x, labels, _sparsemax_last(x))
+
+
 @_multiclass_fenchel_young.defjvp
 def _multiclass_fenchel_young_jvp(primals, tangents):
     (x, labels), (dx, _) = primals, tangents
-    p = _sparsemax_last(x)
+    p = _sparsemax_last(x)  # once, for the value and the gradient
     target = jnp.arange(x.shape[-1]) == labels[..., None]
-    return _multiclass_fenchel_young(x, labels), jnp.sum((p - target) * dx, axis=-1)
+    return _fenchel_young_value(x, labels, p), jnp.sum((p - target) * dx, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("reduction",))

@@ -36,7 +36,9 @@ from jaxloss._xent import (
 @functools.partial(jax.jit, static_argnums=(4,))
 def _cross_entropy(logits, targets, scalars: Scalars, where, options: Options, weighting):
     dtype = compute_dtype(logits.dtype)
-    x = jnp.moveaxis(logits, options.axis, -1).astype(dtype)
+    # Upcast where an operation needs it: softmax_cross_entropy upcasts inside, so that a
+    # low-precision input is not written out in float32 first.
+    x = jnp.moveaxis(logits, options.axis, -1)
     scalars = scalars.astype(dtype)
     weighting = jax.lax.stop_gradient(weighting)
     dropped = dropped_elements(weighting.token_weight, weighting.segment_ids)
@@ -56,13 +58,14 @@ def _cross_entropy(logits, targets, scalars: Scalars, where, options: Options, w
             # The core passes no gradient to rows that add nothing, but tanh's derivative
             # at a nan logit is nan (and 0 * nan = nan): such rows are kept out of it.
             x = jnp.where(counted[..., None], x, 0.0)
+        x = x.astype(dtype)
     if where is not None:
         where = jnp.moveaxis(where, options.axis, -1)
         if options.has_softcap:
             # tanh's derivative at a masked nan logit is nan (and 0 * nan = nan).
             x = jnp.where(where, x, 0.0)
     if options.has_softcap:
-        x, _ = soft_cap(x, scalars.logit_softcap)
+        x, _ = soft_cap(x.astype(dtype), scalars.logit_softcap)
     if where is not None:
         x = jnp.where(where, x, -jnp.inf)
     if options.index_targets:
@@ -72,10 +75,12 @@ def _cross_entropy(logits, targets, scalars: Scalars, where, options: Options, w
         share = jnp.ones(x.shape[:-1], dtype)
         if dropped is not None:
             share = jnp.where(dropped, 0.0, share)
-        t = jnp.moveaxis(targets, options.axis, -1).astype(dtype)
+        a = jnp.moveaxis(targets, options.axis, -1)
         if options.has_smoothing:
-            t = (1.0 - scalars.label_smoothing) * t + smoothing_share(x, scalars.label_smoothing)
-        a = t if scalars.class_weight is None else t * scalars.class_weight
+            share_c = smoothing_share(x.astype(dtype), scalars.label_smoothing)
+            a = (1.0 - scalars.label_smoothing) * a.astype(dtype) + share_c
+        if scalars.class_weight is not None:
+            a = a.astype(dtype) * scalars.class_weight
         loss, lse = softmax_cross_entropy(x, a)
     if options.has_z_loss:
         # lse is 0 on index elements that add nothing (ignored): no z-loss there.

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxloss._reduce import class_weight_of, explicit_sharding, is_zero
+from jaxloss._reduce import class_weight_of, compute_dtype, explicit_sharding, is_zero
 from jaxloss._softmax import max_and_sum_exp, max_min_and_sum_exp
 
 # --- the static and traced configuration of one call ---------------------------------
@@ -267,7 +267,8 @@ def logit_gradient(scale, p, a, fill: Fill = CONSTANT_FILL):
 
 
 def xent_terms(x, a, m, s, low):
-    """Cross-entropy and log-sum-exp along the last axis from the shift ``m`` and sum ``s``.
+    """Cross-entropy and log-sum-exp along the last axis from the shift ``m`` and sum ``s``
+    (``x`` and ``a`` in their own dtype, computed in at least float32).
 
     ``sum_c a_c (lse - x_c)`` is evaluated as ``S log s + sum_c a_c (m - x_c)`` with
     ``S = sum_c a_c``: no two large numbers are subtracted, so adding a constant to a
@@ -284,14 +285,20 @@ def xent_terms(x, a, m, s, low):
     # which is -inf (logits are finite or -inf). Both are plain sums of products, which
     # XLA's CPU backend fuses with the reads of x and a (a select or a comparison inside
     # the sum would have it write an N x C temporary first).
-    biggest = jnp.finfo(x.dtype).max
-    total = jnp.sum(a, axis=-1)
-    cross = -jnp.sum(a * jnp.maximum(x - m, -biggest), axis=-1)
+    dtype = m.dtype
+    biggest = jnp.finfo(dtype).max
+
+    def shifted_sum(floor):
+        return -jnp.sum(a.astype(dtype) * jnp.maximum(x.astype(dtype) - m, floor), axis=-1)
+
+    total = jnp.sum(a.astype(dtype), axis=-1)
+    cross = shifted_sum(-biggest)
     loss = total * jnp.log(jnp.maximum(s[..., 0], 1.0)) + cross
 
+    # The branch upcasts low-precision inputs itself: an upcast array passed into it
+    # would be written out in float32 on every call, -inf or not.
     def mass_on_minus_inf(loss):
-        half = -jnp.sum(a * jnp.maximum(x - m, -0.5 * biggest), axis=-1)
-        return jnp.where(cross > half, jnp.inf, loss)
+        return jnp.where(cross > shifted_sum(-0.5 * biggest), jnp.inf, loss)
 
     # The second sum only where some logit is -inf (``low``, each row's minimum).
     any_minus_inf = jnp.any(low == -jnp.inf)
@@ -302,18 +309,21 @@ def xent_terms(x, a, m, s, low):
 
 @jax.custom_jvp
 def softmax_cross_entropy(x: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Returns ``(sum_c a_c * -log_softmax(x)_c, logsumexp(x))`` along the last axis."""
-    return xent_terms(x, a, *max_min_and_sum_exp(x))
+    """Returns ``(sum_c a_c * -log_softmax(x)_c, logsumexp(x))`` along the last axis, in
+    at least float32 (``x`` and ``a`` are upcast inside)."""
+    return xent_terms(x, a, *max_min_and_sum_exp(x.astype(compute_dtype(x.dtype))))
 
 
 def _softmax_cross_entropy_jvp(primals, tangents):
     # d loss = <S p - a, dx> + <-log p, da>,   d lse = <p, dx>.
     # Classes with logit -inf (masked) have p = 0 and a = 0: their dx is dropped,
     # and by the convention 0 * log 0 = 0 their -log p is taken as 0 for da.
-    x, a = primals
+    x_in, a_in = primals
     dx, da = tangents
+    dtype = compute_dtype(x_in.dtype)
+    x, a = x_in.astype(dtype), a_in.astype(dtype)
     m, s, low = max_min_and_sum_exp(x)
-    loss, lse = xent_terms(x, a, m, s, low)
+    loss, lse = xent_terms(x_in, a_in, m, s, low)
     dloss = jnp.zeros_like(loss)
     dlse = jnp.zeros_like(lse)
     if not is_zero(dx):
@@ -321,13 +331,13 @@ def _softmax_cross_entropy_jvp(primals, tangents):
         # does not merge it with the forward's exp(x - m) and keep that N x C array
         # between the passes; each pass then reads only the logits.
         p = jnp.where(s == 0, 0.0, jnp.exp((x - m) - jnp.log(s)))
-        dx = drop_minus_inf_tangent(x, dx)
+        dx = drop_minus_inf_tangent(x, dx.astype(dtype))
         grad = logit_gradient(jnp.sum(a, axis=-1, keepdims=True), p, a)
         dloss = dloss + jnp.sum(grad * dx, axis=-1)
         dlse = jnp.sum(p * dx, axis=-1)
     if not is_zero(da):
         neg_log_p = jnp.where(x == -jnp.inf, 0.0, lse[..., None] - x)
-        dloss = dloss + jnp.sum(da * neg_log_p, axis=-1)
+        dloss = dloss + jnp.sum(da.astype(dtype) * neg_log_p, axis=-1)
     return (loss, lse), (dloss, dlse)
 
 

@@ -12,6 +12,7 @@ from jaxloss import benchmark
 from jaxloss.benchmark import interleaved_medians
 
 
+@pytest.mark.exhaustive
 def test_benchmark_command_smoke(tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run(
@@ -75,6 +76,7 @@ def test_benchmark_command_smoke(tmp_path):
     assert " 0.000 s" not in proc.stdout and " 0.00 s" not in proc.stdout
 
 
+@pytest.mark.exhaustive
 def test_peak_rss_growth_is_sampled_while_a_call_runs():
     """A call that only writes arrays of the gradients' shapes grows the resident set by
     about their bytes, and the fused loss at the same shape by less than the unfused one."""
@@ -167,6 +169,7 @@ def test_a_linear_shape_above_the_flop_limit_says_it_was_not_timed_and_why(capsy
     assert row["time_ratio"] > 0 and "not_timed" not in row
 
 
+@pytest.mark.exhaustive(quick_cases=2)
 @pytest.mark.parametrize("case", benchmark.loss_cases(), ids=lambda case: case.name)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_baseline_computes_the_loss_and_gradient_jaxloss_computes(case, dtype):
@@ -185,6 +188,7 @@ def test_every_baseline_computes_the_loss_and_gradient_jaxloss_computes(case, dt
             )
 
 
+@pytest.mark.exhaustive
 def test_every_ctc_implementation_computes_the_same_loss_and_gradient():
     """The CTC rows time the same numbers: the benchmark's inputs have only possible
     alignments, where optax's finite log(0) changes nothing."""

@@ -15,6 +15,7 @@ def close(a, b, rtol=1e-10, atol=1e-12):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
 
 
+@pytest.mark.exhaustive(quick_cases=3)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("shape", [(7,), (4, 3), (2, 3, 5)])
 def test_bce_with_logits_matches_reference(x64, shape, reduction):

@@ -31,6 +31,7 @@ def _cases(eps):
     ]
 
 
+@pytest.mark.exhaustive(quick_cases=4)
 @pytest.mark.parametrize("layout, reduction, use_weight, eps", _cases(0.2))
 def test_cross_entropy_index_targets_match_reference(x64, layout, reduction, use_weight, eps):
     shape, axis = layout
@@ -46,6 +47,7 @@ def test_cross_entropy_index_targets_match_reference(x64, layout, reduction, use
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.exhaustive(quick_cases=4)
 @pytest.mark.parametrize("layout, reduction, use_weight, eps", _cases(0.3))
 def test_cross_entropy_probability_targets_match_reference(x64, layout, reduction, use_weight, eps):
     shape, axis = layout
@@ -149,6 +151,7 @@ def test_traced_label_smoothing_and_weight_do_not_retrace():
     assert len({float(v) for v in values}) == 3
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize(
     "loss, weight_name",
     [

@@ -57,6 +57,7 @@ def _assert_same(ours, theirs, rtol=1e-10):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-12, equal_nan=True)
 
 
+@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     seed=st.integers(0, 2**16),
@@ -125,6 +126,7 @@ def test_gradient_is_autodiff_of_the_naive_recursion(x64):
     np.testing.assert_allclose(sums, -1.0 * (np.arange(9)[:, None] < input_lengths), atol=1e-12)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("blank, reduction", [(0, "mean"), (2, "sum")])
 def test_second_order_gradients_against_finite_differences(x64, blank, reduction):
     logits, labels, _, _ = _problem(5, 6, 2, 4, 2, blank=blank)
@@ -152,6 +154,7 @@ def _optax_problem(seed, batch=3, frames=20, classes=6, max_length=4, blank=0):
     return logits, logit_paddings, labels, label_paddings
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("seed, blank", [(0, 0), (1, 3), (2, 5)])
 def test_matches_optax_on_possible_alignments(x64, seed, blank):
     optax = pytest.importorskip("optax")
@@ -193,6 +196,7 @@ IMPOSSIBLE = {
 }
 
 
+@pytest.mark.exhaustive(quick_cases=2)
 @pytest.mark.parametrize("name", IMPOSSIBLE)
 @pytest.mark.parametrize("zero_infinity", [False, True])
 def test_impossible_alignments_like_pytorch(x64, name, zero_infinity):
@@ -208,6 +212,7 @@ def test_impossible_alignments_like_pytorch(x64, name, zero_infinity):
     assert np.all(ours[1][active] == 0.0) if zero_infinity else np.all(np.isnan(ours[1][active]))
 
 
+@pytest.mark.exhaustive(quick_cases=2)
 @pytest.mark.parametrize("input_length, target_length", [(4, 0), (0, 0), (3, 2)])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_empty_targets_and_inputs_like_pytorch(x64, input_length, target_length, reduction):
@@ -221,6 +226,7 @@ def test_empty_targets_and_inputs_like_pytorch(x64, input_length, target_length,
     assert np.all(np.isfinite(ours[0])) and np.all(np.isfinite(ours[1]))
 
 
+@pytest.mark.exhaustive
 def test_labels_past_the_target_length_are_never_read(x64):
     logits, labels, input_lengths, target_lengths = _problem(7, 8, 4, 5, 3)
     want = _ours(logits, np.where(labels < 0, 1, labels), input_lengths, target_lengths)
@@ -229,6 +235,7 @@ def test_labels_past_the_target_length_are_never_read(x64):
         _assert_same(got, want, rtol=0)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("label", [0, -1, 5, 2**20])
 def test_a_blank_or_out_of_range_label_is_nan_for_its_sequence(x64, label):
     # 0 is the blank; the other sequence is unaffected, and so is its gradient.
@@ -248,6 +255,7 @@ def test_traced_lengths_out_of_range_are_nan_for_their_sequence(x64):
     assert np.isfinite(got[0]) and np.all(np.isnan(got[1:]))
 
 
+@pytest.mark.exhaustive
 def test_extreme_logits_stay_finite_and_match_pytorch(x64):
     rng = np.random.default_rng(3)
     logits = rng.choice([-1e4, 1e4], size=(7, 3, 4)) + rng.normal(size=(7, 3, 4))
@@ -329,6 +337,7 @@ def test_unbatched_call_is_the_batch_of_one(x64):
         _assert_same(got, (want[0], want[1][:, 0]), rtol=1e-14)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_is_accumulated_in_float32(dtype):
     logits, labels, lengths, label_lengths = _problem(11, 60, 3, 8, 10, blank=2)
@@ -346,6 +355,7 @@ def test_low_precision_is_accumulated_in_float32(dtype):
     np.testing.assert_allclose(np.float32(grad), want_grad, atol=float(jnp.finfo(dtype).eps))
 
 
+@pytest.mark.exhaustive
 def test_vmap_jacfwd_checkpoint_and_scan_go_through_the_rule(x64):
     logits, labels, lengths, label_lengths = _problem(12, 6, 3, 4, 2)
     labels = np.abs(labels) % 3 + 1
@@ -403,6 +413,7 @@ def test_empty_axes_and_a_single_class(x64):
     assert value == 0.0 and np.all(grad == -1.0)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint32, np.int64])
 def test_every_integer_dtype_gives_the_int32_result(x64, dtype):
     logits, labels, lengths, label_lengths = _problem(13, 8, 3, 5, 3)

@@ -67,6 +67,7 @@ CASES = [
 ]
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("teacher,reduction,temperature,chunk_size", CASES)
 def test_value_and_gradients_equal_the_unfused_formula(
     x64, teacher, reduction, temperature, chunk_size
@@ -98,6 +99,7 @@ def test_value_and_gradients_equal_the_unfused_formula(
     check_grads(fused, (x, w), order=1, modes=("fwd", "rev"))
 
 
+@pytest.mark.exhaustive
 def test_equals_kl_div_of_the_two_softmaxes(x64):
     """The unfused computation with the library's own kl_div, as users would write it."""
     x, w, _, teacher_x, teacher_w = _problem(batch=3)
@@ -176,6 +178,7 @@ def test_extreme_logits_stay_finite(x64):
         assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
 
 
+@pytest.mark.exhaustive
 def test_token_options_follow_the_token_reductions(x64):
     x, w, _, teacher_x, teacher_w = _problem(batch=3)
     rng = np.random.default_rng(0)
@@ -199,6 +202,7 @@ def test_teacher_gets_no_gradient(x64):
     assert not any(np.any(g) for g in grads)
 
 
+@pytest.mark.exhaustive
 def test_vmap_jit_and_bfloat16(x64):
     x, w, y, teacher_x, teacher_w = _problem(batch=2)
     batched = jax.jit(jax.vmap(lambda x, t: jl.linear_kl_div(x, w, t, teacher_w)))
@@ -260,6 +264,7 @@ def test_errors_name_their_argument():
         jl.linear_kl_div(x, w.T, x, w)
 
 
+@pytest.mark.exhaustive
 def test_matmul_counts_as_documented():
     """The docstring's count: four matmuls in one pass (three with a top-k teacher), six
     in two (four)."""

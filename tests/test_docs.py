@@ -19,6 +19,7 @@ def python_blocks(path):
     return BLOCK.findall(path.read_text())
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_python_blocks_run(page):
     blocks = python_blocks(page)
@@ -27,6 +28,7 @@ def test_python_blocks_run(page):
         exec(compile(block, str(page), "exec"), namespace)  # noqa: S102
 
 
+@pytest.mark.exhaustive
 def test_sharding_page_runs_on_a_device_count_that_divides_nothing_in_it():
     """docs/sharding.md's blocks on 3 host CPU devices (a subprocess: the device count is
     fixed when JAX starts)."""
@@ -53,6 +55,8 @@ def test_readme_has_exactly_two_setup_commands():
     assert "pytest" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1].strip().split("&& ", 1)[1] in ci
+    # The README's command runs the quick tier; CI runs the exhaustive tier after it.
+    assert "--tier" not in commands[1] and "\npython -m pytest -n 2 --tier exhaustive\n" in ci
 
 
 def test_every_public_function_is_in_the_api_reference():

@@ -58,6 +58,7 @@ def _coefficients(y, num_classes, weight=None, eps=0.0):
 # --- sigmoid_focal_loss ----------------------------------------------------------------
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("alpha", [0.25, None, -1.0, 0.9])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 3.5])
 def test_sigmoid_focal_equals_torchvision_formula(x64, alpha, gamma):
@@ -73,6 +74,7 @@ def test_sigmoid_focal_equals_torchvision_formula(x64, alpha, gamma):
     check_grads(lambda x: jl.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma), (x,), 2)
 
 
+@pytest.mark.exhaustive
 def test_sigmoid_focal_soft_targets_weights_and_k_dims(x64):
     x = build.logits((2, 3, 4, 5))
     t = build.probabilities((2, 3, 4, 5))
@@ -92,6 +94,7 @@ def test_sigmoid_focal_soft_targets_weights_and_k_dims(x64):
     np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(naive)(x), rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.exhaustive
 def test_sigmoid_focal_is_finite_at_extreme_logits_for_every_gamma(x64):
     x = jnp.array([1e4, -1e4, 40.0, -40.0, 1e4, -1e4])
     t = jnp.array([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
@@ -108,6 +111,7 @@ def test_sigmoid_focal_is_finite_at_extreme_logits_for_every_gamma(x64):
         assert np.isfinite(jl.sigmoid_focal_loss(x.astype(dtype), t.astype(dtype)))
 
 
+@pytest.mark.exhaustive
 def test_sigmoid_focal_gradient_for_gamma_below_one_near_saturation(x64):
     """gamma in (0, 1): the naive derivative has q^(gamma - 1), unbounded as q -> 0; the
     rule agrees with autodiff of the formula wherever that is finite and stays finite."""
@@ -125,6 +129,7 @@ def test_sigmoid_focal_gradient_for_gamma_below_one_near_saturation(x64):
         assert np.all(np.isfinite(far(jnp.array([800.0, 1e4]))))
 
 
+@pytest.mark.exhaustive
 def test_sigmoid_focal_bfloat16_accumulates_in_float32():
     x = build.logits((64,), dtype=jnp.float32)
     t = (x > 0.3).astype(jnp.float32)
@@ -157,6 +162,7 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("kind", ["focal", "poly1"])
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -193,6 +199,7 @@ def test_softmax_modulated_losses_follow_their_formulas(x64, kind, options, redu
     check_grads(lambda x: jnp.sum(ours(x) * cot), (x,), 1, modes=("fwd", "rev"))
 
 
+@pytest.mark.exhaustive
 def test_gamma_zero_and_epsilon_zero_are_cross_entropy(x64):
     x, y, c = build.index_problem((8, 5), axis=-1)
     w = jnp.linspace(0.5, 2.0, c)
@@ -213,6 +220,7 @@ def test_gamma_zero_and_epsilon_zero_are_cross_entropy(x64):
             )  # fmt: skip
 
 
+@pytest.mark.exhaustive
 def test_probability_targets_are_differentiable(x64):
     x = build.logits((4, 5))
     t = build.probabilities((4, 5))
@@ -239,6 +247,7 @@ def test_softmax_focal_gradient_is_finite_for_gamma_below_one_at_certainty(x64):
         assert np.isfinite(fn(x.astype(jnp.float32), y))
 
 
+@pytest.mark.exhaustive
 def test_ignored_and_masked_entries(x64):
     x, y, c = build.index_problem((6, 5), axis=-1, ignore_frac=0.4)
     ignored = np.asarray(y) == -100
@@ -254,6 +263,7 @@ def test_ignored_and_masked_entries(x64):
         assert np.isnan(fn(x, y.at[0].set(c), reduction="none")[0])
 
 
+@pytest.mark.exhaustive
 def test_bfloat16_softmax_losses_accumulate_in_float32():
     x = build.logits((32, 10), dtype=jnp.float32)
     y = jnp.arange(32) % 10

@@ -45,6 +45,7 @@ def test_cross_entropy_gradient_is_weighted_softmax_minus_smoothed_target(x64, e
     _close(got, expected)
 
 
+@pytest.mark.exhaustive
 def test_cross_entropy_hessian_is_diag_p_minus_outer_over_n(x64):
     n, c = 3, 4
     x = build.logits((n, c))
@@ -62,6 +63,7 @@ def test_cross_entropy_hessian_is_diag_p_minus_outer_over_n(x64):
 # --- against jax.grad of the naive references ---
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_cross_entropy_all_gradients_match_naive_autodiff(x64, reduction):
     x = build.logits((5, 4))
@@ -180,6 +182,7 @@ def _fd_cases():
     }
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize(
     "name",
     [
@@ -205,6 +208,7 @@ def test_check_grads_orders_1_and_2(x64, name):
 # --- every JAX transform goes through the custom rules ---
 
 
+@pytest.mark.exhaustive
 def test_forward_mode_vmap_checkpoint_and_scan(x64):
     x = build.logits((4, 6, 5))
     y = jax.random.randint(jax.random.key(2), (4, 6), 0, 5)
@@ -225,6 +229,7 @@ def test_forward_mode_vmap_checkpoint_and_scan(x64):
 # --- property tests over random shapes, axes and options ---
 
 
+@pytest.mark.exhaustive
 @hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
 @hypothesis.given(
     batch=st.lists(st.integers(1, 3), min_size=0, max_size=2),

@@ -45,6 +45,7 @@ UNFUSED_CASES = [
 ]
 
 
+@pytest.mark.exhaustive(quick_cases=2)
 @pytest.mark.parametrize("options, reduction, chunk_size, vocab_chunk_size, passes", UNFUSED_CASES)
 def test_value_and_gradients_equal_unfused(
     x64, options, reduction, chunk_size, vocab_chunk_size, passes
@@ -78,6 +79,7 @@ def test_value_and_gradients_equal_unfused(
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_weight_gradient_accumulated_in_vocabulary_slices(x64, monkeypatch, reduction):
     from jaxloss._fused import engine as _linear
@@ -100,6 +102,7 @@ def test_weight_gradient_accumulated_in_vocabulary_slices(x64, monkeypatch, redu
     )
 
 
+@pytest.mark.exhaustive
 def test_without_bias_and_with_batch_axes(x64):
     x, w, _, y = build.linear_problem(n=9, batch=3)
     got = jl.linear_cross_entropy(x, w, y, chunk_size=4)
@@ -116,6 +119,7 @@ def test_all_ignored_gives_zero_and_zero_gradient(x64):
     assert loss == 0.0 and not np.any(np.asarray(gx)) and not np.any(np.asarray(gw))
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("reduction, passes", [("mean", 1), ("mean", 2), ("none", None)])
 def test_finite_differences(x64, reduction, passes):
     """First and second derivatives, forward and reverse, of both paths."""
@@ -142,6 +146,7 @@ def test_finite_differences(x64, reduction, passes):
     )
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("passes", [1, 2])
 def test_forward_mode_vmap_and_jit(x64, passes):
     x, w, b, y = build.linear_problem(n=11, batch=4)
@@ -162,6 +167,7 @@ def test_forward_mode_vmap_and_jit(x64, passes):
     np.testing.assert_allclose(fwd, jnp.sum(jax.grad(loss, 1)(x[0], w, y[0]) * tangent), rtol=1e-10)
 
 
+@pytest.mark.exhaustive
 def test_bfloat16_inputs_accumulate_in_float32(x64):
     """bfloat16 operands, float32 sums, both paths: every gradient entry is its float64
     value (from the same bfloat16 inputs) to within a few bfloat16 roundings of the
@@ -200,6 +206,7 @@ def test_bfloat16_inputs_accumulate_in_float32(x64):
         assert two <= 1.1 * one
 
 
+@pytest.mark.exhaustive
 def test_two_passes_keep_no_vocabulary_wide_float32_buffer():
     """bfloat16 weights: one pass accumulates dw in an H x V float32 buffer (twice dw);
     two passes (the default here) stay a small fraction of it."""
@@ -226,6 +233,7 @@ def test_two_passes_keep_no_vocabulary_wide_float32_buffer():
     # pass then keeps a float32 copy of w: smaller than one pass still, not at the floor.
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize(
     "reduction, passes", [("mean", 1), ("mean", 2), ("sum", 2), ("none", None)]
 )
@@ -275,6 +283,7 @@ def test_auxiliary_statistics_follow_their_formulas(x64, reduction, passes):
         assert not any(np.any(np.asarray(g)) for g in grads(x, w))
 
 
+@pytest.mark.exhaustive
 def test_auxiliary_statistics_are_nan_with_a_target_out_of_range(x64):
     x, w, b, y = build.linear_problem(v=32)
     for passes in (1, 2):
@@ -385,6 +394,7 @@ def test_cross_entropy_z_loss_and_softcap_follow_their_formulas(x64):
     )
 
 
+@pytest.mark.exhaustive
 def test_a_target_on_a_minus_inf_bias_column_costs_inf():
     """As cross_entropy: target mass on a column of probability 0 is an infinite loss
     (never the largest finite float); a column without mass adds nothing."""

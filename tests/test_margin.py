@@ -87,6 +87,7 @@ def test_multilabel_margin_loss_matches_pytorch(seed, batch, classes, reduction)
     )
 
 
+@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     seed=st.integers(0, 2**16),
@@ -170,6 +171,7 @@ def test_subgradients_at_the_kinks_are_pytorchs():
     assert ours[1][0, 1] == 0.0
 
 
+@pytest.mark.exhaustive
 def test_optax_kinks_split_where_ours_take_a_side():
     optax = pytest.importorskip("optax")
     t = jnp.array([1.0, -1.0])
@@ -199,6 +201,7 @@ SMOOTH = {
 }
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("name", SMOOTH)
 def test_second_derivatives_against_finite_differences(x64, name):
     x = jnp.asarray(_scores(np.random.default_rng(1), 3, 4))
@@ -218,6 +221,7 @@ FIRST_ORDER = {
 }
 
 
+@pytest.mark.exhaustive(quick_cases=2)
 @pytest.mark.parametrize("name", FIRST_ORDER)
 def test_first_derivatives_against_finite_differences(x64, name):
     # Scores spaced more than the finite-difference step away from every kink.
@@ -228,6 +232,7 @@ def test_first_derivatives_against_finite_differences(x64, name):
 ALL = {**FIRST_ORDER, **SMOOTH}
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("name", ALL)
 def test_extreme_scores_give_finite_losses_and_gradients(name):
     x = jnp.array([[1e4, -1e4, 0.5, -3.0]] * 3)
@@ -243,6 +248,7 @@ def test_soft_margin_stays_finite_where_pytorch_overflows():
     np.testing.assert_allclose(ours[:2], [1e4, 800.0], rtol=1e-14)
 
 
+@pytest.mark.exhaustive(quick_cases=2)
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_is_accumulated_in_float32(name, dtype):

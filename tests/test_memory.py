@@ -25,6 +25,7 @@ def temp_fraction(fn, *args) -> float:
     return analysis.temp_size_in_bytes / (N * C * 4)
 
 
+@pytest.mark.exhaustive(quick_cases=2)
 @pytest.mark.parametrize(
     "targets, options, limit",
     [
@@ -97,6 +98,7 @@ EXTRA_WORK = {
 }
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("case", benchmark.loss_cases(), ids=lambda case: case.name)
 def test_every_loss_passes_over_its_input_no_more_than_autodiff(case):
     """The compiled value and gradient of each benchmark row reads and writes N x C

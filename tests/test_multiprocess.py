@@ -58,6 +58,7 @@ def _shown(procs, outputs) -> str:
     )
 
 
+@pytest.mark.exhaustive
 def test_losses_across_processes_equal_one_device():
     results = run_processes()
     cases = {(r["layout"], r["case"]) for r in results}

@@ -53,6 +53,7 @@ def test_bce_with_logits_is_exact_at_1e4(x, t, loss, grad):
     np.testing.assert_allclose(g, [grad], atol=0)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_inputs_accumulate_in_float32(dtype):
     key = jax.random.key(0)
@@ -73,6 +74,7 @@ def test_low_precision_inputs_accumulate_in_float32(dtype):
     assert abs(float(loss) - float(loss32)) <= abs(float(naive) - float(loss32)) + 1e-3
 
 
+@pytest.mark.exhaustive(quick_cases=3)
 @pytest.mark.parametrize(
     "fn, args",
     [
@@ -167,6 +169,7 @@ def test_kl_div_with_zero_targets_is_finite():
     assert g_in[0, 0] == 0.0 and g_t[0, 0] == 0.0
 
 
+@pytest.mark.exhaustive
 def test_probability_targets_with_masked_classes_stay_finite():
     x = jnp.array([[2.0, -jnp.inf, 0.5, 1.0], [0.1, 0.2, 0.3, 0.4]])
     where = jnp.array([True, True, True, False])
@@ -210,6 +213,7 @@ EMPTY_CASES = [
 ]
 
 
+@pytest.mark.exhaustive(quick_cases=2)
 @pytest.mark.parametrize("call", [c[1] for c in EMPTY_CASES], ids=[c[0] for c in EMPTY_CASES])
 def test_a_batch_of_zero_elements_has_mean_and_sum_zero_and_an_empty_none(call):
     assert call({"reduction": "mean"}) == 0.0
@@ -224,6 +228,7 @@ def test_an_empty_batch_has_an_empty_gradient_and_kl_batchmean_zero():
     assert jl.log_softmax(jnp.zeros((0, 3))).shape == (0, 3)
 
 
+@pytest.mark.exhaustive
 def test_a_plus_inf_logit_makes_its_row_nan_in_every_softmax_loss():
     x = jnp.array([[jnp.inf, 0.0, 1.0], [0.5, jnp.inf, 1.0], [0.0, 1.0, 2.0]])
     y = jnp.array([0, 2, 1])

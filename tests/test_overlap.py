@@ -35,6 +35,7 @@ def _same(ours, theirs, tol=1e-12):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     seed=st.integers(0, 2**16),
@@ -67,6 +68,7 @@ def test_tversky_and_dice_match_optax(
             np.testing.assert_allclose(ours, jnp.mean(theirs(logits)), rtol=1e-12)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("ignore_background", [False, True])
 def test_generalized_and_binary_dice_match_optax(x64, ignore_background):
     optax = pytest.importorskip("optax")
@@ -153,6 +155,7 @@ def test_class_indices_outside_the_classes_are_nan_for_their_sample(x64):
     assert np.all(np.isfinite(loss[[0, 2]])) and np.all(np.isnan(loss[1]))
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("name", ["dice", "tversky", "generalized", "binary"])
 def test_second_derivatives_against_finite_differences(x64, name):
     logits, labels, _ = _problem(5, (2, 3), 3)
@@ -175,6 +178,7 @@ def test_gradient_with_respect_to_the_options(x64):
     check_grads(loss, (0.3, 0.6, 0.5), order=2, modes=("fwd", "rev"))
 
 
+@pytest.mark.exhaustive
 def test_extreme_logits_stay_finite():
     logits = jnp.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]])
     for fn in (jl.dice_loss, jl.tversky_loss, jl.generalized_dice_loss):
@@ -182,6 +186,7 @@ def test_extreme_logits_stay_finite():
         assert np.isfinite(value) and np.all(np.isfinite(grad))
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_is_accumulated_in_float32(dtype):
     logits, labels, _ = _problem(6, (64,), 4)

@@ -51,6 +51,7 @@ def _check(got, want, grads, want_grads, padded_grad_axes):
         np.testing.assert_allclose(grads[name], want_grads[name], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_cross_entropy(x64, options, reduction):
@@ -71,6 +72,7 @@ def test_cross_entropy(x64, options, reduction):
     _check(got, want, {"x": grad}, {"x": want_grad}, {"x": -1})
 
 
+@pytest.mark.exhaustive
 def test_cross_entropy_class_axis_and_probability_targets(x64):
     x, y, _ = build.index_problem((4, REAL, 3), 1)
     padded = jnp.moveaxis(_pad_columns(jnp.moveaxis(x, 1, -1), 2), -1, 1)
@@ -85,6 +87,7 @@ def test_cross_entropy_class_axis_and_probability_targets(x64):
     np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("passes", [1, 2])
 def test_linear_cross_entropy(x64, options, passes):
@@ -114,6 +117,7 @@ def test_linear_cross_entropy(x64, options, passes):
         np.testing.assert_allclose(aux[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("teacher", ["dense", "topk"])
 @pytest.mark.parametrize("passes", [1, 2])
 def test_linear_kl_div(x64, teacher, passes):
@@ -142,6 +146,7 @@ def test_linear_kl_div(x64, teacher, passes):
            {"w": 1})  # fmt: skip
 
 
+@pytest.mark.exhaustive
 def test_a_target_past_the_vocabulary_is_out_of_range(x64):
     x, w, b, y = build.linear_problem(v=PAD)
     y = jnp.where(y >= 0, y % REAL, y).at[0].set(REAL + 1)
@@ -156,6 +161,7 @@ def test_a_target_past_the_vocabulary_is_out_of_range(x64):
     assert jnp.isnan(kl[0]) and not jnp.any(jnp.isnan(kl[1:]))
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize(
     "value, error, pattern",
     [

@@ -71,6 +71,7 @@ def _operands(name, num_classes, n, key):
     return jl.cross_entropy, (logits,)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("dtype", TARGET_DTYPES)
 @PER_DTYPE
 @hypothesis.given(data=st.data())
@@ -91,6 +92,7 @@ def test_every_integer_target_dtype_gives_the_int32_answer_bit_for_bit(dtype, da
     _assert_identical(got, want)
 
 
+@pytest.mark.exhaustive
 @PER_DTYPE
 @hypothesis.given(data=st.data())
 def test_int64_targets_under_x64_give_the_int32_answer(data):
@@ -118,6 +120,7 @@ def test_int64_targets_beyond_int32_are_out_of_range_under_x64_and_refused_witho
         jl.cross_entropy(logits, huge)
 
 
+@pytest.mark.exhaustive(quick_cases=6)
 @pytest.mark.parametrize("dtype", TARGET_DTYPES)
 @pytest.mark.parametrize("ignore_index", IGNORE_INDICES)
 def test_ignore_index_is_a_mathematical_integer(dtype, ignore_index):
@@ -159,6 +162,7 @@ def _assert_within_ulps(got, want, ulps=4):
     assert np.all(np.abs(got - want) <= tol), (got, want, np.abs(got - want) / tol)
 
 
+@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     x=GRID_LOGITS,
@@ -183,6 +187,7 @@ def test_a_common_offset_of_the_logits_does_not_change_the_loss(x, c, kind, seed
     np.testing.assert_allclose(grad(x + c), grad(x), rtol=0, atol=4 * np.finfo(np.float32).eps)
 
 
+@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     c=st.integers(-(10**6), 10**6),
@@ -273,6 +278,7 @@ def test_nan_in_makes_exactly_the_affected_elements_nan(row, col, seed, data):
     assert np.isnan(case({"reduction": "mean"}))
 
 
+@pytest.mark.exhaustive
 def test_nan_logits_propagate_through_linear_cross_entropy():
     x = jax.random.normal(jax.random.key(0), (5, 3)).at[2, 1].set(jnp.nan)
     w = jax.random.normal(jax.random.key(1), (3, 7))
@@ -285,6 +291,7 @@ def test_nan_logits_propagate_through_linear_cross_entropy():
 GARBAGE = st.sampled_from([jnp.nan, jnp.inf, -jnp.inf, 3e38, -3e38])
 
 
+@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     ignored=st.lists(st.booleans(), min_size=6, max_size=6),
@@ -325,6 +332,7 @@ def test_ignored_elements_contribute_nothing_to_cross_entropy(
     assert np.all(np.isfinite(np.asarray(grad_d)))
 
 
+@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     ignored=st.lists(st.booleans(), min_size=9, max_size=9),
@@ -365,6 +373,7 @@ def test_ignored_tokens_contribute_nothing_to_linear_cross_entropy(
     assert np.all(np.asarray(grads_d[0])[np.asarray(ignored)] == 0.0)
 
 
+@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     masked=st.lists(st.booleans(), min_size=5, max_size=5).filter(lambda m: not all(m)),

@@ -39,6 +39,7 @@ def check_agreement(results):
         assert r["grad_error"] <= 1e-5, r
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("mode", MODES)
 def test_logit_losses_equal_unsharded_without_vocabulary_wide_all_gathers(mode):
     lines = run_script("sharded_cases.py", "logits", mode)
@@ -52,6 +53,7 @@ def test_logit_losses_equal_unsharded_without_vocabulary_wide_all_gathers(mode):
     assert not offenders, offenders[:3]
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("mode", MODES)
 def test_ctc_losses_equal_one_device_with_the_batch_sharded_and_gather_nothing(mode):
     results = run_script("sharded_cases.py", "ctc", mode)
@@ -60,6 +62,7 @@ def test_ctc_losses_equal_one_device_with_the_batch_sharded_and_gather_nothing(m
     assert all(r["all_gathers"] == 0 for r in results), results
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("mode", MODES)
 def test_fused_losses_equal_one_device_in_every_layout(mode):
     lines = run_script("sharded_cases.py", "fused", mode)
@@ -116,6 +119,7 @@ def limit(key):
     return SAME_AXIS_LIMIT if key[1] == "vocab_on_data" else 1.1
 
 
+@pytest.mark.exhaustive
 def test_fused_losses_communicate_as_the_unfused_loss_at_the_training_shape():
     """8,192 tokens per device, H = 1,024, V = 32,768, bfloat16, under jax.set_mesh:
     collective elements (loops weighted by trip count) of value and gradients, against
@@ -131,6 +135,7 @@ def test_fused_losses_communicate_as_the_unfused_loss_at_the_training_shape():
     assert ratios["auto_mesh", "data", "bfloat16", "linear_cross_entropy_one_pass"] > 100
 
 
+@pytest.mark.exhaustive
 def test_fused_losses_compile_in_every_layout_mode_and_dtype():
     """The whole matrix at a small shape (compiles only): every layout, mode and dtype
     compiles, and each weight gradient crosses the network a bounded number of times."""

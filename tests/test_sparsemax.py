@@ -66,6 +66,7 @@ def test_sparsemax_matches_optax_and_its_jacobian_the_formula(x64):
         np.testing.assert_allclose(jax.jacfwd(jl.sparsemax)(x[row]), want, atol=1e-14)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize(
     "name",
     ["sparsemax", "sparsemax_loss", "sparsemax_loss soft", "multiclass_sparsemax_loss"],
@@ -85,6 +86,7 @@ def test_second_derivatives_against_finite_differences(x64, name):
     check_grads(fns[name], (x,), order=2, modes=("fwd", "rev"), eps=1e-5)
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_losses_match_optax(x64, seed):
     optax = pytest.importorskip("optax")
@@ -131,6 +133,7 @@ def test_loss_gradients_are_the_fenchel_young_residuals(x64):
     assert jl.multiclass_sparsemax_loss(lead, jnp.array([0, 0]), reduction="none")[1] > 0
 
 
+@pytest.mark.exhaustive
 def test_edges_minus_inf_nan_and_extreme_scores():
     rows = jnp.array(
         [[-jnp.inf, 0.0, 1.0], [jnp.nan, 0.0, 1.0], [-jnp.inf] * 3, [jnp.inf, 0.0, 1.0]]
@@ -152,6 +155,7 @@ def test_edges_minus_inf_nan_and_extreme_scores():
     assert np.all(np.isnan(loss))
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_is_computed_in_float32(dtype):
     rng = np.random.default_rng(4)

@@ -65,6 +65,7 @@ def _kwargs(options, t, segments):
     return out
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("reduction,options", TOKEN_CASES)
 def test_cross_entropy_and_nll_follow_the_loop_reference(x64, reduction, options):
     x, y, t, segments = _problem()
@@ -104,6 +105,7 @@ def _scales(y, weight, reduction, kwargs):
     return out
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("passes", [1, 2])
 @pytest.mark.parametrize("reduction,options", TOKEN_CASES)
 def test_linear_cross_entropy_equals_the_unfused_loss(x64, reduction, options, passes):
@@ -129,6 +131,7 @@ def test_linear_cross_entropy_equals_the_unfused_loss(x64, reduction, options, p
         np.testing.assert_allclose(g, h, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.exhaustive
 def test_dropped_tokens_add_nothing_even_from_nan_logits(x64):
     x, y, t, segments = _problem()
     bad = x.at[0, 2].set(jnp.nan).at[0, 7].set(jnp.inf).at[2].set(jnp.nan)  # t=0; padding
@@ -175,6 +178,7 @@ def test_pytorch_layout_rows_are_the_leading_axes(x64):
     )
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("reduction", ["mean", "sequence_mean"])
 @pytest.mark.parametrize("passes", [None, 1, 2])
 def test_gradient_accumulation_with_a_global_normalizer_is_the_full_batch_gradient(
@@ -225,6 +229,7 @@ def test_a_traced_normalizer_does_not_retrace(x64):
     assert len(traces) == 1
 
 
+@pytest.mark.exhaustive
 def test_forward_mode_vmap_and_bfloat16(x64):
     x, y, t, segments = _problem()
     kwargs = dict(token_weight=t, segment_ids=segments, reduction="sequence_mean")
@@ -254,6 +259,7 @@ def test_token_weight_carries_no_gradient(x64):
     assert not np.any(grad)
 
 
+@pytest.mark.exhaustive
 @settings(max_examples=40, deadline=None)
 @given(
     segments=hnp.arrays(np.int64, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
@@ -302,6 +308,7 @@ def test_errors_name_their_argument():
         jl.kl_div(x, x, reduction="sequence_mean")
 
 
+@pytest.mark.exhaustive
 def test_linear_forward_mode_vmap_and_bfloat16(x64):
     x, w, b, y = build.linear_problem(n=T, v=32, batch=B)
     _, _, t, segments = _problem()

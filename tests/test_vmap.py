@@ -74,6 +74,7 @@ def _each(fn, *args, axes):
     return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
 
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("name", LOSSES)
 def test_vmap_and_its_nestings_with_grad_equal_a_loop(x64, name):
     loss = LOSSES[name]
@@ -94,6 +95,7 @@ def test_vmap_and_its_nestings_with_grad_equal_a_loop(x64, name):
     _close(nested(x[:, None], w, y[:, None]), jax.tree.map(lambda a: a[:, None], per_example))
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize(
     "name", ["cross_entropy mean passes=1", "kl top-k sum passes=1", "cross_entropy none"]
 )
@@ -122,6 +124,7 @@ def _temp_mib(fn, *shapes):
     return compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_vmap_keeps_one_chunk_of_logits(reduction):
     """N = 2,048, H = 64, V = 16,384: the batched loss's compiled temporaries stay those

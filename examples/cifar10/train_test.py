@@ -26,6 +26,29 @@ def small_cifar(tmp_path_factory):
     return out
 
 
+def test_main_runs_one_small_epoch(small_cifar, tmp_path, capsys):
+    """The quick smoke run: one epoch of two steps on a narrow network."""
+    workdir = tmp_path / "run"
+    code = main.main(
+        [
+            "--config", "cpu",
+            "--data-dir", str(small_cifar),
+            "--epochs", "1",
+            "--train-subset", "128",
+            "--batch-size", "64",
+            "--width", "4",
+            "--workdir", str(workdir),
+        ]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    (epoch,) = json.loads((workdir / "metrics.json").read_text())["epochs"]
+    assert np.isfinite(epoch["train_loss"]) and 0.0 <= epoch["test_accuracy"] <= 1.0
+    assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.strip().splitlines()[-1].startswith("final test accuracy: ")
+
+
+@pytest.mark.exhaustive
 def test_main_trains_evaluates_and_reports(small_cifar, tmp_path, capsys):
     workdir = tmp_path / "run"
     code = main.main(

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 import lm_head
 
 SCRIPT = pathlib.Path(lm_head.__file__)
@@ -71,6 +73,7 @@ def test_two_processes_run_the_documented_launch(tmp_path):
         assert step == step_1 and abs(loss - loss_1) < 1e-4
 
 
+@pytest.mark.exhaustive
 def test_explicit_sharding_gives_the_same_losses_and_communication():
     """--explicit (explicit axis types under jax.set_mesh) trains as automatic sharding
     does, and the fused loss's step communicates no more than the unfused loss's."""

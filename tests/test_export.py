@@ -157,7 +157,7 @@ def test_every_public_function_has_a_case():
     assert covered == set(jl.__all__)
 
 
-@pytest.mark.exhaustive(quick_cases=2)
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("what", ["value", "gradient"])
 def test_exports_for_gpu_and_tpu(name, what):

@@ -87,7 +87,7 @@ def test_cross_entropy_class_axis_and_probability_targets(x64):
     np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
-@pytest.mark.exhaustive(quick_cases=1)
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("passes", [1, 2])
 def test_linear_cross_entropy(x64, options, passes):

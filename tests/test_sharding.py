@@ -39,7 +39,7 @@ def check_agreement(results):
         assert r["grad_error"] <= 1e-5, r
 
 
-@pytest.mark.exhaustive(quick_cases=1)
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("mode", MODES)
 def test_logit_losses_equal_unsharded_without_vocabulary_wide_all_gathers(mode):
     lines = run_script("sharded_cases.py", "logits", mode)
@@ -53,7 +53,7 @@ def test_logit_losses_equal_unsharded_without_vocabulary_wide_all_gathers(mode):
     assert not offenders, offenders[:3]
 
 
-@pytest.mark.exhaustive
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("mode", MODES)
 def test_ctc_losses_equal_one_device_with_the_batch_sharded_and_gather_nothing(mode):
     results = run_script("sharded_cases.py", "ctc", mode)

@@ -23,9 +23,23 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-# Started first, so that pytest-xdist hands them to different workers at the start
-# rather than leaving one worker with a long test at the end.
-LONG_RUNNING = ("tests/test_sharding.py", "tests/test_multiprocess.py", "examples/")
+# Started first, longest first, so that pytest-xdist's workers share them from the start
+# rather than one worker running a long test at the end while the other waits.
+LONG_RUNNING = (
+    "tests/test_sharding.py::test_fused_losses_compile_in_every_layout_mode_and_dtype",
+    "tests/test_sharding.py::test_fused_losses_equal_one_device_in_every_layout",
+    "tests/test_overlap.py::test_tversky_and_dice_match_optax",
+    "tests/test_sharding.py::test_fused_losses_communicate_as_the_unfused_loss",
+    "examples/cifar10/train_test.py::test_main_trains_evaluates_and_reports",
+    "tests/test_benchmark.py::test_benchmark_command_smoke",
+    "tests/test_gradients.py::test_property_cross_entropy_matches_naive_value_and_gradient",
+    "tests/test_tokens.py::test_sequence_mean_property",
+    "tests/test_multiprocess.py",
+    "tests/test_sharding.py",
+    "tests/test_linear.py::test_finite_differences",
+    "tests/test_ctc.py::test_matches_pytorch_through_log_softmax",
+    "examples/",
+)
 
 
 def pytest_addoption(parser):
@@ -72,10 +86,11 @@ def pytest_collection_modifyitems(config, items):
     deselected = [item for item in items if not in_tier(item)]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-    root = str(config.rootpath)
 
-    def starts_first(item):
-        path = os.path.relpath(str(item.path), root)
-        return not path.startswith(LONG_RUNNING)
+    def start_order(item):
+        return next(
+            (i for i, prefix in enumerate(LONG_RUNNING) if item.nodeid.startswith(prefix)),
+            len(LONG_RUNNING),
+        )
 
-    items[:] = sorted(selected, key=starts_first)
+    items[:] = sorted(selected, key=start_order)

@@ -169,7 +169,7 @@ def test_a_linear_shape_above_the_flop_limit_says_it_was_not_timed_and_why(capsy
     assert row["time_ratio"] > 0 and "not_timed" not in row
 
 
-@pytest.mark.exhaustive(quick_cases=1)
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("case", benchmark.loss_cases(), ids=lambda case: case.name)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_baseline_computes_the_loss_and_gradient_jaxloss_computes(case, dtype):

@@ -97,6 +97,7 @@ def test_where_excludes_classes_from_softmax_and_smoothing(x64):
     )
 
 
+@pytest.mark.exhaustive
 def test_nll_loss_matches_reference_and_cross_entropy(x64):
     # Every layout with every reduction; with and without weights alternate.
     for i, ((shape, axis), reduction) in enumerate(itertools.product(LAYOUTS, REDUCTIONS)):

@@ -196,7 +196,7 @@ IMPOSSIBLE = {
 }
 
 
-@pytest.mark.exhaustive(quick_cases=1)
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("name", IMPOSSIBLE)
 @pytest.mark.parametrize("zero_infinity", [False, True])
 def test_impossible_alignments_like_pytorch(x64, name, zero_infinity):

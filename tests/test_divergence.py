@@ -14,6 +14,7 @@ def close(a, b, rtol=1e-10, atol=1e-12):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
 
 
+@pytest.mark.exhaustive(quick_cases=4)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none", "batchmean"])
 @pytest.mark.parametrize("log_target", [False, True])
 @pytest.mark.parametrize("shape", [(3, 4), (2, 3, 5)])

@@ -132,6 +132,7 @@ OPTAX = {
 }
 
 
+@pytest.mark.exhaustive(quick_cases=4)
 @pytest.mark.parametrize("name", OPTAX)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_optax_margin_losses_match_away_from_kinks(name, seed):

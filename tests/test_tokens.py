@@ -105,7 +105,7 @@ def _scales(y, weight, reduction, kwargs):
     return out
 
 
-@pytest.mark.exhaustive(quick_cases=1)
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("passes", [1, 2])
 @pytest.mark.parametrize("reduction,options", TOKEN_CASES)
 def test_linear_cross_entropy_equals_the_unfused_loss(x64, reduction, options, passes):

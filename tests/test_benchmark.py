@@ -90,6 +90,7 @@ def test_peak_rss_growth_is_sampled_while_a_call_runs():
     assert floor <= fused < naive
 
 
+@pytest.mark.exhaustive
 def test_published_figures_are_printed_beside_the_row_of_their_shape(monkeypatch, capsys):
     monkeypatch.setitem(benchmark.PUBLISHED, (16, 8, 32, "float32"), "Somebody: 1 MB (a paper)")
     (row,) = benchmark.run_linear(((16, 8, 32),), ["float32"], 1, 0.0, measure_rss=False)

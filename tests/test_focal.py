@@ -142,6 +142,7 @@ def test_sigmoid_focal_bfloat16_accumulates_in_float32():
 # --- softmax_focal_loss and poly1_cross_entropy ---------------------------------------
 
 
+@pytest.mark.exhaustive
 def test_softmax_focal_equals_keras_formula(x64):
     x, y, c = build.index_problem((6, 5), axis=-1, ignore_frac=0.0)
     onehot = jax.nn.one_hot(y, c)
@@ -294,6 +295,7 @@ def test_errors_name_their_argument():
         jl.sigmoid_focal_loss(x, x, pos_weight=jnp.ones(5))
 
 
+@pytest.mark.exhaustive
 def test_sigmoid_focal_equals_optax_where_their_options_overlap(x64):
     optax = pytest.importorskip("optax")
     x = build.logits((6, 4), scale=4.0)

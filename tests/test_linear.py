@@ -380,6 +380,7 @@ def test_bad_input(call, error, pattern):
         call(x, w, y)
 
 
+@pytest.mark.exhaustive
 def test_cross_entropy_z_loss_and_softcap_follow_their_formulas(x64):
     x, w, b, y = build.linear_problem()
     logits = x @ w + b

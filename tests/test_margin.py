@@ -66,7 +66,6 @@ def test_multi_margin_loss_matches_pytorch(seed, batch, classes, p, margin, weig
     _same(_ours(jl.multi_margin_loss, x, y, **kwargs), _torch("multi_margin_loss", x, y, **kwargs))
 
 
-@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     seed=st.integers(0, 2**16),
@@ -88,7 +87,6 @@ def test_multilabel_margin_loss_matches_pytorch(seed, batch, classes, reduction)
     )
 
 
-@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     seed=st.integers(0, 2**16),

@@ -116,3 +116,19 @@ def test_every_loss_passes_over_its_input_no_more_than_autodiff(case):
     )
     if case.name in EXTRA_WORK:  # the allowance is needed, and no larger than needed
         assert any(a > b for a, b in zip(ours, theirs, strict=True)), (ours, theirs)
+
+
+@pytest.mark.exhaustive(quick_cases=2)
+@pytest.mark.parametrize("case", benchmark.loss_cases(), ids=lambda case: case.name)
+def test_bfloat16_inputs_are_upcast_where_they_are_read(case):
+    """With bfloat16 inputs each row's compiled value and gradient write at most one
+    N x C array more than with float32 inputs (the gradient's conversion back to
+    bfloat16): no float32 copy of an input is written out first."""
+    compile_fn = partial(benchmark.value_and_gradient, operands=case.operands)
+
+    def passes(dtype):
+        inputs = benchmark.loss_operands(N, C, dtype)[case.operands]
+        return _passes_over_logits(case.jaxloss, *inputs, value_and_gradient=compile_fn)
+
+    low, full = passes("bfloat16"), passes("float32")
+    assert low[1] <= full[1] + 1, (low, full)

@@ -68,7 +68,7 @@ def test_tversky_and_dice_match_optax(
             np.testing.assert_allclose(ours, jnp.mean(theirs(logits)), rtol=1e-12)
 
 
-@pytest.mark.exhaustive
+@pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("ignore_background", [False, True])
 def test_generalized_and_binary_dice_match_optax(x64, ignore_background):
     optax = pytest.importorskip("optax")

@@ -34,6 +34,7 @@ def _scores(rng, shape):
     return rng.permutation(int(np.prod(shape))).reshape(shape) * 0.173 + 0.0117
 
 
+@pytest.mark.exhaustive
 @SETTINGS
 @hypothesis.given(
     seed=st.integers(0, 2**16),

@@ -26,21 +26,19 @@ def small_cifar(tmp_path_factory):
     return out
 
 
+def run_main(data_dir, workdir, capsys, *flags):
+    """main.main on the cpu preset with ``flags``: its exit code, stdout and stderr."""
+    args = ["--config", "cpu", "--data-dir", str(data_dir), "--workdir", str(workdir), *flags]
+    code = main.main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_main_runs_one_small_epoch(small_cifar, tmp_path, capsys):
     """The quick smoke run: one epoch of two steps on a narrow network."""
     workdir = tmp_path / "run"
-    code = main.main(
-        [
-            "--config", "cpu",
-            "--data-dir", str(small_cifar),
-            "--epochs", "1",
-            "--train-subset", "128",
-            "--batch-size", "64",
-            "--width", "4",
-            "--workdir", str(workdir),
-        ]
-    )  # fmt: skip
-    out, err = capsys.readouterr()
+    flags = ["--epochs", "1", "--train-subset", "128", "--batch-size", "64", "--width", "4"]
+    code, out, err = run_main(small_cifar, workdir, capsys, *flags)
     assert code == 0, err[-3000:]
     (epoch,) = json.loads((workdir / "metrics.json").read_text())["epochs"]
     assert np.isfinite(epoch["train_loss"]) and 0.0 <= epoch["test_accuracy"] <= 1.0
@@ -51,17 +49,8 @@ def test_main_runs_one_small_epoch(small_cifar, tmp_path, capsys):
 @pytest.mark.exhaustive
 def test_main_trains_evaluates_and_reports(small_cifar, tmp_path, capsys):
     workdir = tmp_path / "run"
-    code = main.main(
-        [
-            "--config", "cpu",
-            "--data-dir", str(small_cifar),
-            "--epochs", "2",
-            "--batch-size", "64",
-            "--width", "8",
-            "--workdir", str(workdir),
-        ]
-    )  # fmt: skip
-    out, err = capsys.readouterr()
+    flags = ["--epochs", "2", "--batch-size", "64", "--width", "8"]
+    code, out, err = run_main(small_cifar, workdir, capsys, *flags)
     assert code == 0, err[-3000:]
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["config"]["width"] == 8 and metrics["config"]["epochs"] == 2

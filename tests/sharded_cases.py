@@ -1,4 +1,6 @@
-"""Runs jaxloss on 8 host CPU devices and prints one JSON line per case.
+"""Runs jaxloss on 8 host CPU devices and prints one JSON line per case:
+``python tests/sharded_cases.py {logits,ctc,fused} MODE...`` for one or more of the
+modes in ``MODES``, the one-device references computed once for all of them.
 
 Executed by tests/test_sharding.py in a subprocess, because the device count must
 be set before JAX is first imported.
@@ -22,6 +24,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jaxloss as jl  # noqa: E402
+from tests import builders as build  # noqa: E402
 
 N, H, V = 48, 16, 1024  # V appears in no other shape, so it identifies vocabulary-wide arrays
 
@@ -57,8 +60,15 @@ def loss_cases(x, y, t, weight):
     }
 
 
-# The unsharded value and gradient of each case, computed once for all layouts.
+# The unsharded value and gradient of each case, computed once for all layouts and modes.
 REFERENCES: dict[str, tuple] = {}
+
+
+def reference(name: str, compute):
+    if name not in REFERENCES:
+        REFERENCES[name] = compute()
+    return REFERENCES[name]
+
 
 # How users run sharded code: automatic sharding with sharded inputs and no mesh set,
 # automatic under jax.set_mesh, and explicit axis types under jax.set_mesh.
@@ -74,12 +84,11 @@ def in_mode(mesh, mode_name):
 
 
 def inputs():
-    keys = jax.random.split(jax.random.key(0), 4)
-    x = jax.random.normal(keys[0], (N, V))
-    y = jax.random.randint(keys[1], (N,), 0, V).at[3].set(-100)
-    t = jax.nn.softmax(jax.random.normal(keys[2], (N, V)))
-    hidden = jax.random.normal(keys[3], (N, H))
-    w = jax.random.normal(keys[2], (H, V)) / 4
+    x = build.normal((N, V), 0)
+    y = build.integers((N,), 1, 0, V).at[3].set(-100)
+    t = jax.nn.softmax(build.normal((N, V), 2))
+    hidden = build.normal((N, H), 3)
+    w = build.normal((H, V), 4) / 4
     return x, y, t, hidden, w
 
 
@@ -99,7 +108,7 @@ def run_logit_losses(mode_name: str) -> None:
     # Class weights are V floats: kept replicated, every device looks up its rows' own.
     weight = jnp.linspace(0.5, 1.0, V)
     for name, (fn, _) in loss_cases(x, y, t, weight).items():
-        REFERENCES[name] = jax.jit(jax.value_and_grad(fn))(x)
+        reference(name, lambda: jax.jit(jax.value_and_grad(fn))(x))
     for layout, (mesh, logits_spec, row_spec) in layouts.items():
         put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
         with in_mode(mesh, mode_name):
@@ -138,7 +147,7 @@ def fused_cases(y, bias, put_rows=lambda a: a):
     topk_ids = (jnp.arange(N)[:, None] * 7 + jnp.arange(4)) % V
     in_use = V - 24  # a vocabulary padded to divide the devices
     y_in_use = jnp.where(y >= in_use, y % in_use, y)
-    teacher_w = jax.random.normal(jax.random.key(5), (H, V)) / 4
+    teacher_w = build.normal((H, V), 5) / 4
     return {
         "linear_cross_entropy_mean": lce(label_smoothing=0.1, bias=bias, vocab_chunk_size=384),
         "linear_cross_entropy_mean_one_pass": lce(label_smoothing=0.1, passes=1),
@@ -166,7 +175,7 @@ def run_fused_losses(mode_name: str) -> None:
     _, y, _, hidden, w = inputs()
     bias = jnp.linspace(-1.0, 1.0, V)
     for name, fn in fused_cases(y, bias).items():
-        REFERENCES[name] = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(hidden, w)
+        reference(name, lambda: jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(hidden, w))
     for layout, (mesh, x_spec, w_spec, row_spec) in fused_layouts(mode).items():
         put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
         with in_mode(mesh, mode_name):
@@ -185,15 +194,20 @@ def run_fused_losses(mode_name: str) -> None:
                 report(mode_name, layout, name, value, grads, *REFERENCES[name], compiled.as_text())
 
 
+def fused_losses(mode_name: str) -> None:
+    run_fused_losses(mode_name)
+    data_parallel_normalizer(mode_name)
+    vmapped_examples(mode_name)
+
+
 def data_parallel_normalizer(mode_name: str) -> None:
     """Data parallelism by hand (the caller's own shard_map): each device's loss is
     normalized by the global token count, and the sum of the devices' gradients is the
     full batch's gradient; for linear_cross_entropy and linear_kl_div."""
     mesh = jax.make_mesh((8,), ("d",), axis_types=(MODES[mode_name][0],))
-    keys = jax.random.split(jax.random.key(1), 3)
-    hidden = jax.random.normal(keys[0], (N, H))
-    w = jax.random.normal(keys[1], (H, V)) / 4
-    y = jax.random.randint(keys[2], (N,), 0, V).at[:7].set(-100)  # unevenly kept
+    hidden = build.normal((N, H), 6)
+    w = build.normal((H, V), 7) / 4
+    y = build.integers((N,), 8, 0, V).at[:7].set(-100)  # unevenly kept
     losses = {
         "data_parallel_normalizer": jl.linear_cross_entropy,
         "data_parallel_normalizer_kl": lambda h, w, y, **kw: jl.linear_kl_div(
@@ -217,7 +231,9 @@ def data_parallel_normalizer(mode_name: str) -> None:
                 out_specs=(P(), P("d"), P()),
             )
         )
-        ref_value, ref_grads = jax.value_and_grad(loss, (0, 1))(hidden, w, y)
+        ref_value, ref_grads = reference(
+            name, lambda: jax.jit(jax.value_and_grad(loss, (0, 1)))(hidden, w, y)
+        )
         put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
         with in_mode(mesh, mode_name):
             value, grad_h, grad_w = step(put(hidden, P("d")), put(w, P()), put(y, P("d")))
@@ -231,10 +247,9 @@ def vmapped_examples(mode_name: str) -> None:
     from jaxloss.benchmark import collective_elements
 
     mesh = jax.make_mesh((8,), ("d",), axis_types=(MODES[mode_name][0],))
-    keys = jax.random.split(jax.random.key(3), 3)
-    hidden = jax.random.normal(keys[0], (16, 6, H))
-    w = jax.random.normal(keys[1], (H, V)) / 4
-    y = jax.random.randint(keys[2], (16, 6), 0, V)
+    hidden = build.normal((16, 6, H), 9)
+    w = build.normal((H, V), 10) / 4
+    y = build.integers((16, 6), 11, 0, V)
     losses = {
         "vmap_linear_cross_entropy": lambda h, w, y: jl.linear_cross_entropy(h, w, y),
         "vmap_linear_kl_div": lambda h, w, y: jl.linear_kl_div(h, w, h / 2, w[::-1], targets=y),
@@ -248,7 +263,9 @@ def vmapped_examples(mode_name: str) -> None:
         def total(h, w, y, loss=loss):
             return jnp.sum(jax.vmap(loss, (0, None, 0))(h, w, y) * jnp.arange(1.0, 17.0))
 
-        ref_value, ref_grads = jax.value_and_grad(total, (0, 1))(hidden, w, y)
+        ref_value, ref_grads = reference(
+            name, lambda: jax.jit(jax.value_and_grad(total, (0, 1)))(hidden, w, y)
+        )
         with in_mode(mesh, mode_name):
             compiled = jax.jit(jax.value_and_grad(total, (0, 1))).lower(*args).compile()
             value, grads = compiled(*args)
@@ -283,9 +300,8 @@ def communication() -> None:
     the per-step formulas of docs/sharding.md (the fused losses: communication_cases.py)."""
     mesh = jax.make_mesh((2, 4), ("data", "vocab"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     put = lambda a, *spec: jax.device_put(a, NamedSharding(mesh, P(*spec)))  # noqa: E731
-    keys = jax.random.split(jax.random.key(2), 3)
-    y = put(jax.random.randint(keys[0], (N,), 0, V), "data")
-    logits = put(jax.random.normal(keys[1], (N, V)), "data", "vocab")
+    y = put(build.integers((N,), 12, 0, V), "data")
+    logits = put(build.normal((N, V), 13), "data", "vocab")
     cases = {
         "cross_entropy": (lambda x: jl.cross_entropy(x, y), (logits,)),
         "cross_entropy_smoothing": (
@@ -321,11 +337,10 @@ def report(mode, layout, name, value, grad, ref_value, ref_grad, hlo):
 def ctc_losses(mode_name: str) -> None:
     """Both CTC layouts with the batch (the sequences) split over 8 devices."""
     frames, batch, classes, max_length = 12, 16, 24, 4
-    keys = jax.random.split(jax.random.key(4), 4)
-    logits = jax.random.normal(keys[0], (batch, frames, classes))
-    lengths = jax.random.randint(keys[1], (batch,), 9, frames + 1)
-    labels = jax.random.randint(keys[2], (batch, max_length), 1, classes)
-    label_lengths = jax.random.randint(keys[3], (batch,), 0, max_length + 1)
+    logits = build.normal((batch, frames, classes), 14)
+    lengths = build.integers((batch,), 15, 9, frames + 1)
+    labels = build.integers((batch, max_length), 16, 1, classes)
+    label_lengths = build.integers((batch,), 17, 0, max_length + 1)
     small = {
         "labels": labels, "lengths": lengths, "label_lengths": label_lengths,
         "paddings": (jnp.arange(frames) >= lengths[:, None]).astype(jnp.float32),
@@ -348,7 +363,7 @@ def ctc_losses(mode_name: str) -> None:
     mesh = jax.make_mesh((8,), ("d",), axis_types=(MODES[mode_name][0],))
     put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
     for name, (fn, arg, batch_axis) in cases.items():
-        reference = jax.jit(jax.value_and_grad(fn))(arg, small)
+        expected = reference(name, lambda: jax.jit(jax.value_and_grad(fn))(arg, small))
         spec = P(*["d" if a == batch_axis else None for a in range(3)])
         placed = {k: put(v, P("d", *[None] * (v.ndim - 1))) for k, v in small.items()}
         with in_mode(mesh, mode_name):
@@ -357,18 +372,13 @@ def ctc_losses(mode_name: str) -> None:
             value, grad = compiled(sharded, placed)
         # The gradient stays split over the batch: each device holds 2 of the 16 sequences.
         assert grad.sharding.shard_shape(grad.shape)[batch_axis] == batch // 8, grad.sharding
-        report(mode_name, "batch", name, value, grad, *reference, compiled.as_text())
+        report(mode_name, "batch", name, value, grad, *expected, compiled.as_text())
 
 
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
-    part, mode_name = sys.argv[1:3]
+    part, *mode_names = sys.argv[1:]
     if part == "logits":
-        run_logit_losses(mode_name)
         communication()
-    elif part == "ctc":
-        ctc_losses(mode_name)
-    elif part == "fused":
-        run_fused_losses(mode_name)
-        data_parallel_normalizer(mode_name)
-        vmapped_examples(mode_name)
+    for mode_name in mode_names:
+        {"logits": run_logit_losses, "ctc": ctc_losses, "fused": fused_losses}[part](mode_name)

@@ -20,9 +20,9 @@ def close(a, b, rtol=1e-10, atol=1e-12):
 @pytest.mark.parametrize("shape", [(7,), (4, 3), (2, 3, 5)])
 def test_bce_with_logits_matches_reference(x64, shape, reduction):
     x = build.logits(shape, scale=4.0)
-    t = jax.random.uniform(jax.random.key(3), shape, jnp.float64)
-    w = jax.random.uniform(jax.random.key(4), shape, jnp.float64, 0.2, 2.0)
-    pw = jax.random.uniform(jax.random.key(5), shape[-1:], jnp.float64, 0.5, 3.0)
+    t = build.uniform(shape, 3, jnp.float64)
+    w = build.uniform(shape, 4, jnp.float64, 0.2, 2.0)
+    pw = build.uniform(shape[-1:], 5, jnp.float64, 0.5, 3.0)
     for weight, pos_weight in [(None, None), (w, None), (None, pw), (w, pw)]:
         close(
             jl.binary_cross_entropy_with_logits(
@@ -34,9 +34,9 @@ def test_bce_with_logits_matches_reference(x64, shape, reduction):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_binary_cross_entropy_matches_reference(x64, reduction):
-    p = jax.random.uniform(jax.random.key(5), (3, 6), jnp.float64, 0.01, 0.99)
-    t = jax.random.uniform(jax.random.key(6), (3, 6), jnp.float64)
-    w = jax.random.uniform(jax.random.key(7), (3, 6), jnp.float64, 0.2, 2.0)
+    p = build.uniform((3, 6), 5, jnp.float64, 0.01, 0.99)
+    t = build.uniform((3, 6), 6, jnp.float64)
+    w = build.uniform((3, 6), 7, jnp.float64, 0.2, 2.0)
     for weight in (None, w):
         close(
             jl.binary_cross_entropy(p, t, weight=weight, reduction=reduction),
@@ -46,7 +46,7 @@ def test_binary_cross_entropy_matches_reference(x64, reduction):
 
 def test_binary_cross_entropy_is_bce_with_logits_of_the_logit(x64):
     x = build.logits((5, 4), scale=3.0)
-    t = jax.random.uniform(jax.random.key(8), (5, 4), jnp.float64)
+    t = build.uniform((5, 4), 8, jnp.float64)
     close(
         jl.binary_cross_entropy(jax.nn.sigmoid(x), t, reduction="none"),
         jl.binary_cross_entropy_with_logits(x, t, reduction="none"),
@@ -56,8 +56,8 @@ def test_binary_cross_entropy_is_bce_with_logits_of_the_logit(x64):
 
 def test_bce_with_logits_gradient_closed_form(x64):
     x = build.logits((4, 3), scale=4.0)
-    t = jax.random.uniform(jax.random.key(3), (4, 3), jnp.float64)
-    w = jax.random.uniform(jax.random.key(4), (4, 3), jnp.float64)
+    t = build.uniform((4, 3), 3, jnp.float64)
+    w = build.uniform((4, 3), 4, jnp.float64)
     pw = jnp.array([0.5, 2.0, 3.0])
     got = jax.grad(jl.binary_cross_entropy_with_logits)(
         x, t, weight=w, pos_weight=pw, reduction="sum"
@@ -67,7 +67,7 @@ def test_bce_with_logits_gradient_closed_form(x64):
 
 
 def test_binary_cross_entropy_gradient_closed_form(x64):
-    p = jax.random.uniform(jax.random.key(5), (10,), jnp.float64, 0.01, 0.99)
-    t = jax.random.uniform(jax.random.key(6), (10,), jnp.float64)
+    p = build.uniform((10,), 5, jnp.float64, 0.01, 0.99)
+    t = build.uniform((10,), 6, jnp.float64)
     got = jax.grad(jl.binary_cross_entropy)(p, t, reduction="sum")
     close(got, (p - t) / (p * (1 - p)))

@@ -52,7 +52,7 @@ def test_cross_entropy_index_targets_match_reference(x64, layout, reduction, use
 def test_cross_entropy_probability_targets_match_reference(x64, layout, reduction, use_weight, eps):
     shape, axis = layout
     logits, _, num_classes = build.index_problem(shape, axis)
-    targets = jl.softmax(jax.random.normal(jax.random.key(9), shape, jnp.float64), axis=axis)
+    targets = jl.softmax(build.normal(shape, 9, jnp.float64), axis=axis)
     weight = jnp.linspace(0.5, 2.0, num_classes) if use_weight else None
     got = jl.cross_entropy(
         logits, targets, weight=weight, reduction=reduction, label_smoothing=eps, axis=axis
@@ -168,7 +168,7 @@ def test_out_of_range_and_impossible_targets_pass_no_gradient_to_class_weights(
     """A target outside [0, C) has a nan loss and logit gradient but is no class, so its
     weight gets nothing from it; a target at a -inf logit (0 * log 0) gets nothing
     either. The class-weight gradient is that of the other rows alone."""
-    x = jax.random.normal(jax.random.key(3), (5, 4), jnp.float64)
+    x = build.normal((5, 4), 3, jnp.float64)
     x = x.at[3, 1].set(-jnp.inf)
     y = jnp.array([0, 4, 2, 1, 3])  # row 1 out of range, row 3 at its -inf logit
     w = jnp.array([0.5, 1.5, 2.0, 0.7], jnp.float64)

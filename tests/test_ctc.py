@@ -136,7 +136,7 @@ def test_second_order_gradients_against_finite_differences(x64, blank, reduction
     def loss(lp):
         return jl.ctc_loss(lp, labels, lengths, label_lengths, blank=blank, reduction=reduction)
 
-    check_grads(loss, (jnp.asarray(logits) - 1.0,), order=2, modes=["fwd", "rev"])
+    check_grads(jax.jit(loss), (jnp.asarray(logits) - 1.0,), order=2, modes=["fwd", "rev"])
 
 
 def _optax_problem(seed, batch=3, frames=20, classes=6, max_length=4, blank=0):

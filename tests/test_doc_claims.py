@@ -379,8 +379,8 @@ def nll_derivatives():
 )
 def bce_with_logits_derivatives():
     x = build.logits((6,), scale=4.0)
-    t = jax.random.uniform(jax.random.key(3), (6,), jnp.float64)
-    w = jax.random.uniform(jax.random.key(4), (6,), jnp.float64, 0.5, 2.0)
+    t = build.uniform((6,), 3, jnp.float64)
+    w = build.uniform((6,), 4, jnp.float64, 0.5, 2.0)
     pw = jnp.full((6,), 1.7)
 
     def per(x, t, w, pw):
@@ -402,8 +402,8 @@ def bce_with_logits_derivatives():
     r"A clamped logarithm is constant, so its term contributes nothing:",
 )
 def bce_derivative():
-    p = jax.random.uniform(jax.random.key(5), (6,), jnp.float64, 0.01, 0.99)
-    t = jax.random.uniform(jax.random.key(6), (6,), jnp.float64)
+    p = build.uniform((6,), 5, jnp.float64, 0.01, 0.99)
+    t = build.uniform((6,), 6, jnp.float64)
     w = jnp.linspace(0.5, 2.0, 6)
     grad = jax.grad(lambda q: jl.binary_cross_entropy(q, t, weight=w, reduction="sum"))(p)
     _close(grad, w * (p - t) / (p * (1 - p)))
@@ -1021,9 +1021,9 @@ def pytorch_ctc_row():
 )
 def optax_translation_table():
     optax = pytest.importorskip("optax")
-    x = jax.random.normal(jax.random.key(0), (8, 10))
-    labels = jax.random.randint(jax.random.key(1), (8,), 0, 10)
-    probs = jax.nn.softmax(jax.random.normal(jax.random.key(2), (8, 10)))
+    x = build.normal((8, 10), 0)
+    labels = build.integers((8,), 1, 0, 10)
+    probs = jax.nn.softmax(build.normal((8, 10), 2))
     binary = (probs > 0.1).astype(jnp.float32)
     log_q = jax.nn.log_softmax(x)
     pairs = [
@@ -1131,7 +1131,7 @@ def core_dependencies():
     "as `int32` (a `uint8` mask with 300 classes, `ignore_index=-100` with unsigned",
 )
 def readme_dtypes():
-    x = jax.random.normal(jax.random.key(0), (4, 300))
+    x = build.normal((4, 300), 0)
     values = [0, 156, 255, 7]
     want = jl.cross_entropy(x, jnp.array(values, jnp.int32), reduction="none")
     got = jl.cross_entropy(x, np.array(values, np.uint8), reduction="none")

@@ -101,8 +101,8 @@ def test_cross_entropy_all_gradients_match_naive_autodiff(x64, reduction):
 
 def test_other_losses_gradients_match_naive_autodiff(x64):
     x = build.logits((4, 3), scale=3.0)
-    t = jax.random.uniform(jax.random.key(7), (4, 3), jnp.float64)
-    w = jax.random.uniform(jax.random.key(8), (4, 3), jnp.float64) + 0.5
+    t = build.uniform((4, 3), 7, jnp.float64)
+    w = build.uniform((4, 3), 8, jnp.float64) + 0.5
     pw = jnp.array([0.5, 2.0, 1.5])
     _close(
         _compiled_grad(
@@ -152,10 +152,10 @@ def _fd_cases():
     y = jnp.array([1, -100, 3])
     t = build.probabilities((3, 4), seed=12)
     w = jnp.array([0.5, 1.0, 1.5, 2.0])
-    u = jax.random.uniform(jax.random.key(13), (3, 4), jnp.float64, 0.05, 0.95)
+    u = build.uniform((3, 4), 13, jnp.float64, 0.05, 0.95)
     lp = jl.log_softmax(x)
     # KL's second derivative in t is 1/t: keep t away from 0 so central differences are accurate.
-    t_flat = jax.nn.softmax(0.3 * jax.random.normal(jax.random.key(14), (3, 4), jnp.float64))
+    t_flat = jax.nn.softmax(0.3 * build.normal((3, 4), 14, jnp.float64))
     return {
         "log_softmax": (lambda x: jl.log_softmax(x, axis=0), (x,)),
         "softmax": (lambda x: jl.softmax(x), (x,)),
@@ -211,7 +211,7 @@ def test_check_grads_orders_1_and_2(x64, name):
 @pytest.mark.exhaustive
 def test_forward_mode_vmap_checkpoint_and_scan(x64):
     x = build.logits((4, 6, 5))
-    y = jax.random.randint(jax.random.key(2), (4, 6), 0, 5)
+    y = build.integers((4, 6), 2, 0, 5)
     loss = lambda x, y: jl.cross_entropy(x, y, label_smoothing=0.1)  # noqa: E731
     grads = jax.vmap(jax.grad(loss))(x, y)
     for i in range(4):
@@ -248,7 +248,7 @@ def test_property_cross_entropy_matches_naive_value_and_gradient(
         shape = tuple(batch[:axis]) + (num_classes,) + tuple(batch[axis:])
         x = build.logits(shape, seed)
         index_shape = tuple(batch)
-        y = jax.random.randint(jax.random.key(seed + 1), index_shape, -1, num_classes)
+        y = build.integers(index_shape, seed + 1, -1, num_classes)
         y = jnp.where(y < 0, -100, y)
         # Keep one target: the all-ignored mean is a documented deviation, tested elsewhere.
         y = y.at[(0,) * y.ndim].set(num_classes - 1)

@@ -205,7 +205,7 @@ SMOOTH = {
 @pytest.mark.parametrize("name", SMOOTH)
 def test_second_derivatives_against_finite_differences(x64, name):
     x = jnp.asarray(_scores(np.random.default_rng(1), 3, 4))
-    check_grads(SMOOTH[name], (x,), order=2, modes=("fwd", "rev"))
+    check_grads(jax.jit(SMOOTH[name]), (x,), order=2, modes=("fwd", "rev"))
 
 
 FIRST_ORDER = {
@@ -226,7 +226,7 @@ FIRST_ORDER = {
 def test_first_derivatives_against_finite_differences(x64, name):
     # Scores spaced more than the finite-difference step away from every kink.
     x = jnp.asarray(_scores(np.random.default_rng(2), 3, 4) + 0.011)
-    check_grads(FIRST_ORDER[name], (x,), order=1, modes=("fwd", "rev"), eps=1e-4)
+    check_grads(jax.jit(FIRST_ORDER[name]), (x,), order=1, modes=("fwd", "rev"), eps=1e-4)
 
 
 ALL = {**FIRST_ORDER, **SMOOTH}

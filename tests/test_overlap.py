@@ -165,7 +165,7 @@ def test_second_derivatives_against_finite_differences(x64, name):
         "generalized": lambda x: jl.generalized_dice_loss(x, labels),
         "binary": lambda x: jl.dice_loss(x[..., 0], labels == 1, axis=None, smooth=0.0),
     }
-    check_grads(fns[name], (logits,), order=2, modes=("fwd", "rev"))
+    check_grads(jax.jit(fns[name]), (logits,), order=2, modes=("fwd", "rev"))
 
 
 def test_gradient_with_respect_to_the_options(x64):
@@ -175,7 +175,7 @@ def test_gradient_with_respect_to_the_options(x64):
         return jl.tversky_loss(p, t, alpha=alpha, beta=beta, smooth=smooth, axis=None,
                                from_logits=False, per_sample=False)  # fmt: skip
 
-    check_grads(loss, (0.3, 0.6, 0.5), order=2, modes=("fwd", "rev"))
+    check_grads(jax.jit(loss), (0.3, 0.6, 0.5), order=2, modes=("fwd", "rev"))
 
 
 @pytest.mark.exhaustive

@@ -36,7 +36,7 @@ def _padded_weight(options):
 
 def _pad_columns(a, seed):
     """``a`` with ``PAD - REAL`` columns of large random values appended."""
-    extra = 50.0 * jax.random.normal(jax.random.key(seed), (*a.shape[:-1], PAD - REAL), a.dtype)
+    extra = 50.0 * build.normal((*a.shape[:-1], PAD - REAL), seed, a.dtype)
     return jnp.concatenate([a, extra], axis=-1)
 
 

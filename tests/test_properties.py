@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import jaxloss as jl
+from tests import builders as build
 from tests import reference as ref
 
 SETTINGS = hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
@@ -58,14 +59,13 @@ def _assert_identical(got, want):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
-def _operands(name, num_classes, n, key):
-    kx, kw = jax.random.split(key)
+def _operands(name, num_classes, n, seed):
     if name == "linear_cross_entropy":
         hidden = 4
-        x = jax.random.normal(kx, (n, hidden))
-        w = jax.random.normal(kw, (hidden, num_classes)) / 2
+        x = build.normal((n, hidden), seed)
+        w = build.normal((hidden, num_classes), seed + 100) / 2
         return jl.linear_cross_entropy, (x, w)
-    logits = 3 * jax.random.normal(kx, (n, num_classes))
+    logits = 3 * build.normal((n, num_classes), seed)
     if name == "nll_loss":
         return jl.nll_loss, (jl.log_softmax(logits),)
     return jl.cross_entropy, (logits,)
@@ -86,7 +86,7 @@ def test_every_integer_target_dtype_gives_the_int32_answer_bit_for_bit(dtype, da
         kwargs["label_smoothing"] = 0.1
     if data.draw(st.booleans()):
         kwargs["weight"] = jnp.linspace(0.5, 1.5, num_classes)
-    fn, first = _operands(name, num_classes, n, jax.random.key(data.draw(st.integers(0, 99))))
+    fn, first = _operands(name, num_classes, n, data.draw(st.integers(0, 99)))
     want = _index_losses(fn, first, jnp.asarray(np.array(values, np.int32)), **kwargs)
     got = _index_losses(fn, first, np.array(values, dtype), **kwargs)
     _assert_identical(got, want)
@@ -101,7 +101,7 @@ def test_int64_targets_under_x64_give_the_int32_answer(data):
     ignore_index = data.draw(st.sampled_from(IGNORE_INDICES))
     values = _target_values(data.draw, num_classes, "int64", ignore_index, 6)
     with jax.enable_x64(True):
-        fn, first = _operands(name, num_classes, 6, jax.random.key(3))
+        fn, first = _operands(name, num_classes, 6, 3)
         first = tuple(a.astype(jnp.float32) for a in first)
         want = _index_losses(fn, first, jnp.asarray(values, jnp.int32), ignore_index=ignore_index)
         wide = jnp.asarray(values, jnp.int64)
@@ -131,7 +131,7 @@ def test_ignore_index_is_a_mathematical_integer(dtype, ignore_index):
     if _fits(ignore_index, dtype) and 0 <= ignore_index < num_classes:
         values.append(ignore_index)
     targets = np.array(values, dtype)
-    logits = jax.random.normal(jax.random.key(0), (len(values), num_classes))
+    logits = build.normal((len(values), num_classes), 0)
     with jax.enable_x64(True):
         want = ref.cross_entropy_index(
             np.asarray(logits, np.float64),
@@ -171,8 +171,8 @@ def _assert_within_ulps(got, want, ulps=4):
     seed=st.integers(0, 99),
 )
 def test_a_common_offset_of_the_logits_does_not_change_the_loss(x, c, kind, seed):
-    y = jax.random.randint(jax.random.key(seed), (7,), 0, 5)
-    probs = jax.nn.softmax(jax.random.normal(jax.random.key(seed), (7, 5)))
+    y = build.integers((7,), seed, 0, 5)
+    probs = jax.nn.softmax(build.normal((7, 5), seed))
     weight = jnp.array([0.5, 2.0, 1.0, 0.25, 1.5])
     fn = {
         "index": lambda v: jl.cross_entropy(v, y, reduction="none"),
@@ -198,12 +198,11 @@ def test_a_common_offset_of_the_logits_does_not_change_the_loss(x, c, kind, seed
 def test_a_common_offset_through_the_bias_does_not_change_linear_cross_entropy(
     c, seed, smoothing, reduction
 ):
-    kx, kw, kb, ky = jax.random.split(jax.random.key(seed), 4)
     # Quarter-integer operands: x @ w + b is exact in float32, and so is adding c.
-    x = jnp.round(4 * jax.random.normal(kx, (9, 4))) / 4
-    w = jnp.round(4 * jax.random.normal(kw, (4, 11))) / 4
-    b = jnp.round(16 * jax.random.normal(kb, (11,))) / 16
-    y = jax.random.randint(ky, (9,), 0, 11)
+    x = jnp.round(4 * build.normal((9, 4), seed)) / 4
+    w = jnp.round(4 * build.normal((4, 11), seed + 1)) / 4
+    b = jnp.round(16 * build.normal((11,), seed + 2)) / 16
+    y = build.integers((9,), seed + 3, 0, 11)
 
     def loss(x, w, b):
         return jl.linear_cross_entropy(
@@ -236,10 +235,9 @@ def _nan_at(shape, flat_index):
 def test_nan_in_makes_exactly_the_affected_elements_nan(row, col, seed, data):
     """A nan in the logits or a target makes that element's loss nan (and so the mean),
     and no other element's."""
-    key = jax.random.key(seed)
-    x = jax.random.normal(key, (6, 5))
-    y = jax.random.randint(key, (6,), 0, 5)
-    t = jax.nn.softmax(jax.random.normal(jax.random.fold_in(key, 1), (6, 5)))
+    x = build.normal((6, 5), seed)
+    y = build.integers((6,), seed, 0, 5)
+    t = jax.nn.softmax(build.normal((6, 5), seed + 1))
     probs = jax.nn.sigmoid(x)
     nan = _nan_at((6, 5), row * 5 + col)
     case = data.draw(
@@ -280,8 +278,8 @@ def test_nan_in_makes_exactly_the_affected_elements_nan(row, col, seed, data):
 
 @pytest.mark.exhaustive
 def test_nan_logits_propagate_through_linear_cross_entropy():
-    x = jax.random.normal(jax.random.key(0), (5, 3)).at[2, 1].set(jnp.nan)
-    w = jax.random.normal(jax.random.key(1), (3, 7))
+    x = build.normal((5, 3), 0).at[2, 1].set(jnp.nan)
+    w = build.normal((3, 7), 1)
     y = jnp.array([0, 1, 2, 3, 4])
     per = jl.linear_cross_entropy(x, w, y, reduction="none")
     np.testing.assert_array_equal(np.isnan(per), [False, False, True, False, False])
@@ -307,9 +305,8 @@ def test_ignored_elements_contribute_nothing_to_cross_entropy(
 ):
     """Ignored rows (ignore_index, or a class of weight 0) add exactly 0 to the loss and
     get exactly 0 gradient, even when their logits are nan or infinite."""
-    key = jax.random.key(seed)
-    x = jax.random.normal(key, (6, 5))
-    y = jax.random.randint(jax.random.fold_in(key, 1), (6,), 1, 5)
+    x = build.normal((6, 5), seed)
+    y = build.integers((6,), seed + 1, 1, 5)
     mask = jnp.array(ignored)
     if "weight" in options:
         # class 0 has weight 0: those rows are ignored unless smoothing or z-loss is on
@@ -347,12 +344,11 @@ def test_ignored_tokens_contribute_nothing_to_linear_cross_entropy(
 ):
     """Hidden states of ignored tokens that are nan, infinite or overflow the logits do
     not reach the loss or any gradient (x, w or bias)."""
-    key = jax.random.key(7)
-    x = jax.random.normal(key, (9, 4))
-    w = jax.random.normal(jax.random.fold_in(key, 1), (4, 6))
-    b = jax.random.normal(jax.random.fold_in(key, 2), (6,))
+    x = build.normal((9, 4), 7)
+    w = build.normal((4, 6), 8)
+    b = build.normal((6,), 9)
     mask = jnp.array(ignored)
-    y = jnp.where(mask, -100, jax.random.randint(key, (9,), 0, 6))
+    y = jnp.where(mask, -100, build.integers((9,), 7, 0, 6))
     dirty = jnp.where(mask[:, None], garbage, x)
     clean = jnp.where(mask[:, None], 0.0, x)
 
@@ -382,10 +378,10 @@ def test_ignored_tokens_contribute_nothing_to_linear_cross_entropy(
     smoothing=st.sampled_from([0.0, 0.3]),
 )
 def test_classes_masked_by_where_contribute_nothing(masked, garbage, use_probs, smoothing):
-    x = jax.random.normal(jax.random.key(1), (4, 5))
+    x = build.normal((4, 5), 1)
     where = ~jnp.array(masked)
     if use_probs:
-        t = jnp.where(where, jax.random.uniform(jax.random.key(2), (4, 5)), 0.0)
+        t = jnp.where(where, build.uniform((4, 5), 2), 0.0)
         t = t / jnp.sum(t, -1, keepdims=True)
     else:
         keep = np.flatnonzero(np.asarray(where))
@@ -413,8 +409,8 @@ def test_zero_weight_elements_of_binary_losses_contribute_nothing(zero, garbage,
     """A weight of 0 ignores the element, even where its input is nan, infinite or (for
     probabilities) outside [0, 1]."""
     zero = jnp.array(zero)
-    first = jax.nn.sigmoid(jax.random.normal(jax.random.key(0), (6,)))
-    t = jax.random.uniform(jax.random.key(1), (6,))
+    first = jax.nn.sigmoid(build.normal((6,), 0))
+    t = build.uniform((6,), 1)
     weight = jnp.where(zero, 0.0, 1.5)
 
     def run(v):

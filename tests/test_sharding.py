@@ -7,6 +7,7 @@ tests/sharded_cases.py runs the losses and compares them with one device;
 tests/communication_cases.py counts the collectives of the compiled programs."""
 
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -32,22 +33,28 @@ def run_script(name, *args):
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+# A KL divergence is a small difference of cross-entropies as large as log V (V = 1,024
+# in sharded_cases.py): the float32 rounding of those, not of the difference, bounds the
+# error of a sum taken in another order.
+KL_SCALE = math.log(1024)
+
+
 def check_agreement(results):
     for r in results:
-        scale = max(1.0, abs(r["value"]))
+        scale = max(1.0, abs(r["value"]), KL_SCALE if "kl" in r["case"] else 0.0)
         assert r["value_error"] <= 1e-5 * scale, r
         assert r["grad_error"] <= 1e-5, r
 
 
 @pytest.mark.exhaustive
-@pytest.mark.parametrize("mode", MODES)
-def test_logit_losses_equal_unsharded_without_vocabulary_wide_all_gathers(mode):
-    lines = run_script("sharded_cases.py", "logits", mode)
+def test_logit_losses_equal_unsharded_without_vocabulary_wide_all_gathers():
+    lines = run_script("sharded_cases.py", "logits", *MODES)
+    check_communication_formulas({r["communication"]: r for r in lines if "communication" in r})
     results = [r for r in lines if "communication" not in r]
-    if mode == "auto":
-        check_communication_formulas({r["communication"]: r for r in lines if "communication" in r})
-    assert {r["layout"] for r in results} == {"data", "vocab", "data+vocab"}
-    assert len(results) == 3 * 9
+    for mode in MODES:
+        in_mode = [r for r in results if r["mode"] == mode]
+        assert {r["layout"] for r in in_mode} == {"data", "vocab", "data+vocab"}, mode
+        assert len(in_mode) == 3 * 9, mode
     check_agreement(results)
     offenders = [r for r in results if r["vocab_wide_all_gathers"]]
     assert not offenders, offenders[:3]
@@ -63,17 +70,23 @@ def test_ctc_losses_equal_one_device_with_the_batch_sharded_and_gather_nothing(m
 
 
 @pytest.mark.exhaustive
-@pytest.mark.parametrize("mode", MODES)
-def test_fused_losses_equal_one_device_in_every_layout(mode):
-    lines = run_script("sharded_cases.py", "fused", mode)
+def test_fused_losses_equal_one_device_in_every_layout():
+    lines = run_script("sharded_cases.py", "fused", *MODES)
+    vmapped = [r["vmap_communication"] for r in lines if "vmap_communication" in r]
+    assert len(vmapped) == len(MODES)
+    for counts in vmapped:
+        # vmap over examples split over the devices: each device walks its own examples.
+        unfused = counts.pop("vmap_unfused")
+        assert unfused > 0 and all(count <= unfused for count in counts.values()), counts
     results = [r for r in lines if "vmap_communication" not in r]
+    for mode in MODES:
+        check_fused_results(mode, [r for r in results if r["mode"] == mode])
+
+
+def check_fused_results(mode, results):
     layouts = {"data", "fsdp", "vocab_on_data", "data+vocab", "vocab", "shard_map", "vmap"}
     assert {r["layout"] for r in results} == layouts
     assert len(results) == 5 * 7 + 2 + 3
-    # vmap over examples split over the devices: each device walks its own examples.
-    (vmapped,) = [r["vmap_communication"] for r in lines if "vmap_communication" in r]
-    unfused = vmapped.pop("vmap_unfused")
-    assert unfused > 0 and all(count <= unfused for count in vmapped.values()), vmapped
     errors = [r for r in results if "error" in r]
     # Explicit sharding cannot multiply tokens and vocabulary split over one axis (nor
     # can x @ w): the error says which reshard to do. Every other case runs.

@@ -110,7 +110,7 @@ def test_batched_weights_and_forward_over_reverse(x64, name):
            _each(grad_w, x[0], ws, y[0], axes=(None, 0, None)))  # fmt: skip
     hessian_w = jax.jit(jax.jacfwd(grad_w, 1))(x[0], w, y[0])
     assert hessian_w.shape == (H, V, H, V)
-    tangent = jax.random.normal(jax.random.key(3), w.shape, w.dtype)
+    tangent = build.normal(w.shape, 3, w.dtype)
     _, directional = jax.jvp(lambda w: grad_w(x[0], w, y[0]), (w,), (tangent,))
     np.testing.assert_allclose(jnp.einsum("abcd,cd->ab", hessian_w, tangent), directional,
                                rtol=1e-10, atol=1e-12)  # fmt: skip

@@ -26,8 +26,11 @@ def _problem(seed, shape, classes):
 
 
 def _value_and_grad(fn, x):
-    weights = jnp.arange(1.0, 1.0 + fn(x).size).reshape(fn(x).shape)
-    return fn(x), jax.grad(lambda x: jnp.sum(fn(x) * weights))(x)
+    """fn's value, and the gradient of its values weighted 1, 2, ... (one compiled program
+    each, where running optax's formulas op by op would compile every operation)."""
+    value = jax.jit(fn)(x)
+    weights = jnp.arange(1.0, 1.0 + value.size).reshape(value.shape)
+    return value, jax.jit(jax.grad(lambda x: jnp.sum(fn(x) * weights)))(x)
 
 
 def _same(ours, theirs, tol=1e-12):

@@ -20,8 +20,18 @@ ROOT = HERE.parent
 MODES = ["auto", "auto_mesh", "explicit"]
 
 
+# What these runs test is the partitioning: the values of the sharded programs against
+# one device, and their collectives, which are fixed before code generation. So the CPU
+# code is generated unoptimized and by XLA's elemental emitters, which halves the compile
+# time that is most of these runs (the default code generator is what the rest of the
+# suite runs). Every collective count of communication_cases.py was the same with the
+# default code generator (2026-12-02, jax 0.10.2).
+FAST_CODEGEN = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+
 def run_script(name, *args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_CODEGEN}".strip()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=flags)
     proc = subprocess.run(
         [sys.executable, str(HERE / name), *args],
         capture_output=True,

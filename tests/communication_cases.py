@@ -83,9 +83,11 @@ def count(fn, mesh, mode_name, args):
     return sum(collective_elements(compiled.as_text()).values())
 
 
-def main(tokens_per_device, hidden, vocab, chunk, modes, dtypes):
+def main(tokens_per_device, hidden, vocab, chunk, modes, dtypes, layouts=None):
     for mode_name in modes:
         for layout, (mesh, x_spec, w_spec, y_spec) in fused_layouts(MODES[mode_name][0]).items():
+            if layouts is not None and layout not in layouts:
+                continue
             n = tokens_per_device * (8 if y_spec != P() else 1)
             for dtype in dtypes:
 
@@ -114,5 +116,7 @@ if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     if sys.argv[1] == "matrix":  # every layout, mode and dtype at a small shape
         main(256, 64, 4096, 64, list(MODES), [jnp.bfloat16, jnp.float32])
+    elif sys.argv[1] == "sample":  # two cells of the matrix
+        main(256, 64, 4096, 64, ["auto_mesh"], [jnp.bfloat16], ["fsdp", "data+vocab"])
     else:  # the training shape, one mode
         main(8192, 1024, 32768, None, ["auto_mesh"], [jnp.bfloat16])

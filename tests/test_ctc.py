@@ -169,7 +169,9 @@ def test_matches_optax_on_possible_alignments(x64, seed, blank):
 
     weights = jnp.arange(1.0, 4.0)
     for loss in (ours, theirs):
-        loss.result = (loss(problem[0]), jax.grad(lambda z: loss(z) @ weights)(problem[0]))
+        # jit: optax's recursion op by op would compile each of its operations.
+        value_and_grad = jax.jit(lambda z: (loss(z), jax.grad(lambda z: loss(z) @ weights)(z)))
+        loss.result = value_and_grad(problem[0])
     _assert_same(ours.result, theirs.result, rtol=1e-9)
 
 

@@ -15,9 +15,11 @@ import sys
 
 import pytest
 
+from tests import sharded_cases
+
 HERE = pathlib.Path(__file__).parent
 ROOT = HERE.parent
-MODES = ["auto", "auto_mesh", "explicit"]
+MODES = list(sharded_cases.MODES)
 
 
 # What these runs test is the partitioning: the values of the sharded programs against
@@ -43,10 +45,10 @@ def run_script(name, *args, codegen=FAST_CODEGEN):
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-# A KL divergence is a small difference of cross-entropies as large as log V (V = 1,024
-# in sharded_cases.py): the float32 rounding of those, not of the difference, bounds the
-# error of a sum taken in another order.
-KL_SCALE = math.log(1024)
+# A KL divergence is a small difference of cross-entropies as large as log V (the
+# vocabulary of sharded_cases.py): the float32 rounding of those, not of the difference,
+# bounds the error of a sum taken in another order.
+KL_SCALE = math.log(sharded_cases.V)
 
 
 def check_agreement(results):

@@ -16,15 +16,14 @@ from jax.typing import ArrayLike
 
 from jaxloss import _checks
 from jaxloss._reduce import compute_dtype, dropped_elements, reduce_tokens
+from jaxloss._targets import IGNORED, resolve_targets
 from jaxloss._xent import (
-    IGNORED,
     Options,
     Scalars,
     contributing,
     index_cross_entropy,
     index_nll,
     index_targets,
-    resolve_targets,
     smoothing_share,
     soft_cap,
     softmax_cross_entropy,

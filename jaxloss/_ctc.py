@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from jax.typing import ArrayLike
 from jaxloss import _checks
 from jaxloss._reduce import compute_dtype, safe_divide
 from jaxloss._softmax import log_softmax
+from jaxloss._targets import bounded_count, target_codes
 
 
 def _logsumexp3(a, b, c):
@@ -55,42 +57,55 @@ def _shift_left(x, by, fill=-jnp.inf):
     return jnp.concatenate([x[..., by:], pad], axis=-1)
 
 
-def _forward(emit, skip, active):
-    """The log forward variables alpha[t, b, s] (after frame t) and their final value.
+class Lattice(NamedTuple):
+    """The extended-label lattice of each sequence (boolean, no tangents)."""
+
+    skip: jax.Array  # (B, S'): state s may be entered from s - 2
+    active: jax.Array  # (T, B): frame t is within the sequence's input
+    final: jax.Array  # (B, S'): the two states a path may end in
+    used: jax.Array  # (B, S'): the states of the sequence's own 2L + 1
+    invalid: jax.Array  # (B,): a label or a length is not valid: the loss is nan
+
+
+def _rescaled(values, active_t):
+    """``values`` shifted so that each row's largest entry is 0, and the shift (0 on an
+    inactive frame, or where no entry is finite).
+
+    The recursions keep their variables near 0 this way, where float32 resolves the
+    differences between states: unscaled, they fall by about log C a frame, and at
+    T = 1000 their rounding (an ulp of ~3000) swamps the occupancies. The shift is a
+    constant to autodiff: the occupancies do not depend on it, and the likelihood
+    adds it back.
+    """
+    top = jax.lax.stop_gradient(jnp.max(values, axis=-1))
+    shift = jnp.where(jnp.isfinite(top) & active_t, top, 0.0)
+    return values - shift[:, None], shift
+
+
+def _forward(emit, lattice: Lattice):
+    """The rescaled log forward variables alpha[t, b, s] (after frame t; each frame's
+    largest is 0), their final value, and the log-likelihood of each sequence.
 
     alpha starts from a virtual state before s = 0; a frame that is not active leaves
     it unchanged.
     """
     states = emit.shape[-1]
     # zeros_like of a reduction rather than of emit[0]: T may be 0, and the sharding is kept.
-    start = jnp.where(jnp.arange(states) == 0, 0.0, -jnp.inf) + jnp.zeros_like(emit.sum(0))
+    zero = jnp.zeros_like(emit.sum(0))
+    start = jnp.where(jnp.arange(states) == 0, 0.0, -jnp.inf) + zero
 
-    def step(alpha, frame):
+    def step(carry, frame):
+        alpha, log_scale = carry
         emit_t, active_t = frame
-        two_back = jnp.where(skip, _shift_right(alpha, 2), -jnp.inf)
-        new = emit_t + _logsumexp3(alpha, _shift_right(alpha, 1), two_back)
+        two_back = jnp.where(lattice.skip, _shift_right(alpha, 2), -jnp.inf)
+        new, shift = _rescaled(
+            emit_t + _logsumexp3(alpha, _shift_right(alpha, 1), two_back), active_t
+        )
         alpha = jnp.where(active_t[:, None], new, alpha)
-        return alpha, alpha
+        return (alpha, log_scale + shift), alpha
 
-    last, alphas = jax.lax.scan(step, start, (emit, active))
-    return alphas, last
-
-
-def _backward(emit, skip, active, final):
-    """The log backward variables beta[t, b, s]: the log probability of the frames
-    after t given state s at frame t (0 at the final states after the last frame)."""
-    end = jnp.where(final, 0.0, -jnp.inf).astype(emit.dtype)
-    skip_from = _shift_left(skip, 2, False)  # may state s go to s + 2?
-
-    def step(beta, frame):
-        emit_t, active_t = frame
-        ahead = emit_t + beta
-        two_ahead = jnp.where(skip_from, _shift_left(ahead, 2), -jnp.inf)
-        earlier = _logsumexp3(ahead, _shift_left(ahead, 1), two_ahead)
-        return jnp.where(active_t[:, None], earlier, beta), beta
-
-    _, betas = jax.lax.scan(step, end, (emit, active), reverse=True)
-    return betas
+    (last, log_scale), alphas = jax.lax.scan(step, (start, zero[:, 0]), (emit, lattice.active))
+    return alphas, _final_log_likelihood(last, lattice.final) + log_scale
 
 
 def _final_log_likelihood(last, final):
@@ -101,13 +116,12 @@ def _final_log_likelihood(last, final):
     return _log_or_minus_inf(total) + shift[:, 0]
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
-def _ctc_nll(emit, skip, active, final, invalid, zero_infinity):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _ctc_nll(emit, lattice: Lattice, zero_infinity):
     """The negative log-likelihood per sequence from the gathered log-probabilities
     ``emit[t, b, s]`` of each extended label; nan for ``invalid`` sequences."""
-    _, last = _forward(emit, skip, active)
-    nll = -_final_log_likelihood(last, final)
-    return _finish(nll, invalid, zero_infinity)
+    _, log_likelihood = _forward(emit, lattice)
+    return _finish(-log_likelihood, lattice.invalid, zero_infinity)
 
 
 def _finish(nll, invalid, zero_infinity):
@@ -116,39 +130,85 @@ def _finish(nll, invalid, zero_infinity):
     return jnp.where(invalid, jnp.nan, nll)
 
 
+def _split_back(later, alpha, lattice: Lattice):
+    """The occupancies of frame t from those of frame t + 1 (``later``): each state's
+    share of the paths into a state of frame t + 1 is its forward variable over their
+    sum, ``exp(alpha_t(s) - inflow(s'))``. Only these local ratios of the forward
+    variables enter, never their sum with backward ones: errors that the forward
+    recursion accumulated over many frames cancel in them, as they do in reverse-mode
+    autodiff of the forward recursion."""
+    two_back = jnp.where(lattice.skip, _shift_right(alpha, 2), -jnp.inf)
+    inflow = _logsumexp3(alpha, _shift_right(alpha, 1), two_back)
+    skip_from = _shift_left(lattice.skip, 2, False)  # may state s go to s + 2?
+
+    def share(by, allowed):
+        target = _shift_left(later, by, 0.0)
+        on = allowed & (target > 0)
+        gap = jnp.where(on, alpha - _shift_left(inflow, by, 0.0), 0.0)
+        return jnp.where(on, target * jnp.exp(gap), 0.0)
+
+    return share(0, True) + share(1, True) + share(2, skip_from)
+
+
+def _occupancy(alphas, lattice: Lattice):
+    """The occupancy of state s at frame t, the share of the likelihood of the paths
+    through it, from the rescaled forward variables by the smoothing recursion: at a
+    sequence's last active frame the final states' shares, then ``_split_back`` from
+    one active frame to the one before. 0 on frames that are not active."""
+
+    def step(carry, frame):
+        later, after = carry  # the occupancies of the next active frame, if any
+        alpha, active_t = frame
+        end = _final_log_likelihood(alpha, lattice.final)[:, None]
+        ending = lattice.final & (end > -jnp.inf)
+        ends = jnp.where(ending, jnp.exp(jnp.where(ending, alpha - end, 0.0)), 0.0)
+        occupancy = jnp.where(after[:, None], _split_back(later, alpha, lattice), ends)
+        occupancy = jnp.where(active_t[:, None], occupancy, 0.0)
+        carry = (jnp.where(active_t[:, None], occupancy, later), after | active_t)
+        return carry, occupancy
+
+    # Reductions rather than [0]: T may be 0 (and the sharding is kept).
+    start = (jnp.zeros_like(alphas.sum(0)), jnp.zeros_like(lattice.active.any(0)))
+    _, occupancies = jax.lax.scan(step, start, (alphas, lattice.active), reverse=True)
+    # Each frame's occupancies sum to 1 (every path sits on one state per frame);
+    # rounding in the recursion moves the sum by ~1e-5 over a thousand frames, which a
+    # log-softmax turns into errors of p * 1e-5 on small logit gradients. Normalized.
+    total = jnp.sum(occupancies, axis=-1, keepdims=True)
+    return occupancies / jnp.where(total > 0, total, 1.0)
+
+
 @_ctc_nll.defjvp
 def _ctc_nll_jvp(zero_infinity, primals, tangents):
-    emit, skip, active, final, invalid = primals
-    alphas, last = _forward(emit, skip, active)
-    betas = _backward(emit, skip, active, final)
-    log_likelihood = _final_log_likelihood(last, final)
-    nll = _finish(-log_likelihood, invalid, zero_infinity)
-    # The occupancy of state s at frame t: the share of the likelihood of the paths
-    # through it. The gradient of -log p with respect to emit[t, b, s] is minus it.
-    occupancy = jnp.exp(alphas + betas - log_likelihood[None, :, None])
+    emit, lattice = primals
+    alphas, log_likelihood = _forward(emit, lattice)
+    nll = _finish(-log_likelihood, lattice.invalid, zero_infinity)
+    # The gradient of -log p with respect to emit[t, b, s] is minus the occupancy. No
+    # path (p = 0) or a nan input: 0/0, nan on the sequence's states and frames.
+    occupancy = _occupancy(alphas, lattice)
+    undefined = ~(log_likelihood > -jnp.inf) | lattice.invalid
+    occupancy = jnp.where(undefined[None, :, None], jnp.nan, occupancy)
     dropped = (log_likelihood == -jnp.inf) & zero_infinity
-    occupancy = jnp.where(active[..., None] & ~dropped[None, :, None], occupancy, 0.0)
-    occupancy = jnp.where(invalid[None, :, None], jnp.nan, occupancy)
+    counted = lattice.active[..., None] & lattice.used[None] & ~dropped[None, :, None]
+    occupancy = jnp.where(counted, occupancy, 0.0)
     return nll, -jnp.sum(occupancy * tangents[0], axis=(0, 2))
 
 
-def _extended_labels(targets, target_lengths, blank: int, num_classes: int):
-    """The blank-interleaved labels (B, 2S + 1), whether each state may be entered from
-    two states back, the final states, and the sequences whose labels are not valid."""
+def _lattice(targets, target_lengths, active, bad_sequence, blank: int, num_classes: int):
+    """The blank-interleaved labels (B, 2S + 1) and their ``Lattice``."""
     batch, max_length = targets.shape
-    # Judged before the cast to int32, so that no wide integer wraps into a class.
-    bad_label = (targets < 0) | (targets >= num_classes) | (targets == blank)
-    labels = jnp.clip(targets, 0, num_classes - 1).astype(jnp.int32)
+    codes = target_codes(targets, num_classes)  # any integer dtype, no wrap-around
+    bad_label = (codes < 0) | (codes == blank)
+    labels = jnp.maximum(codes, 0)
     interleaved = jnp.stack([jnp.full_like(labels, blank), labels], axis=-1)
-    lengths = target_lengths.astype(jnp.int32)[:, None]
+    lengths = target_lengths[:, None]
     last_blank = jnp.full_like(lengths, blank)
     extended = jnp.concatenate([interleaved.reshape(batch, 2 * max_length), last_blank], axis=-1)
     state = jnp.arange(2 * max_length + 1)
     skip = (state % 2 == 1) & (state >= 3) & (extended != _shift_right(extended, 2, -1))
     final = (state == 2 * lengths) | (state == 2 * lengths - 1)
     in_sequence = jnp.arange(max_length) < lengths
-    invalid = jnp.any(in_sequence & bad_label, axis=-1)
-    return extended, skip, final, invalid
+    invalid = jnp.any(in_sequence & bad_label, axis=-1) | bad_sequence
+    return extended, Lattice(skip, active, final, state <= 2 * lengths, invalid)
 
 
 def _reduce(nll, target_lengths, reduction: str):
@@ -161,18 +221,18 @@ def _reduce(nll, target_lengths, reduction: str):
 
 
 @functools.partial(jax.jit, static_argnames=("blank", "reduction", "zero_infinity", "time_major"))
-def _ctc(log_probs, targets, active, target_lengths, bad_length, *, blank, reduction,
+def _ctc(log_probs, targets, active, target_lengths, bad_sequence, *, blank, reduction,
          zero_infinity, time_major):  # fmt: skip
     dtype = compute_dtype(log_probs.dtype)
     num_classes = log_probs.shape[-1]
-    extended, skip, final, invalid = _extended_labels(targets, target_lengths, blank, num_classes)
+    extended, lattice = _lattice(targets, target_lengths, active, bad_sequence, blank, num_classes)
     # Gather the extended labels' log-probabilities in the input's layout, then put
     # time first for the scan; the (T, B, C) array itself is never transposed.
     if time_major:
         emit = jnp.take_along_axis(log_probs, extended[None], axis=2)
     else:
         emit = jnp.take_along_axis(log_probs, extended[:, None], axis=2).transpose(1, 0, 2)
-    nll = _ctc_nll(emit.astype(dtype), skip, active, final, invalid | bad_length, zero_infinity)
+    nll = _ctc_nll(emit.astype(dtype), lattice, zero_infinity)
     return _reduce(nll, target_lengths, reduction).astype(log_probs.dtype)
 
 
@@ -306,11 +366,12 @@ def ctc_loss(
     )
     blank = _blank(blank, num_classes)
     reduction = _options(reduction, zero_infinity)
-    bad_length = ((input_lengths < 0) | (input_lengths > frames)
-                  | (target_lengths < 0) | (target_lengths > targets.shape[1]))  # fmt: skip
+    input_lengths, input_ok = bounded_count(input_lengths, frames)
+    target_lengths, target_ok = bounded_count(target_lengths, targets.shape[1])
     active = jnp.arange(frames)[:, None] < input_lengths[None, :]
-    loss = _ctc(log_probs, targets, active, target_lengths, bad_length, blank=blank,
-                reduction=reduction, zero_infinity=zero_infinity, time_major=True)  # fmt: skip
+    loss = _ctc(log_probs, targets, active, target_lengths, ~(input_ok & target_ok),
+                blank=blank, reduction=reduction, zero_infinity=zero_infinity,
+                time_major=True)  # fmt: skip
     return loss[0] if unbatched and reduction == "none" else loss
 
 
@@ -402,6 +463,17 @@ def ctc_loss_with_paddings(
     reduction = _options(reduction, zero_infinity)
     active = (logit_paddings == 0).T
     target_lengths = jnp.sum(label_paddings == 0, axis=1, dtype=jnp.int32)
-    return _ctc(log_softmax(logits), labels, active, target_lengths,
-                jnp.zeros((batch,), bool), blank=blank, reduction=reduction,
+    # A padded frame's logits are not read: a nan there gives neither a nan loss nor
+    # a nan gradient.
+    log_probs = log_softmax(jnp.where(active.T[..., None], logits, 0.0))
+    return _ctc(log_probs, labels, active, target_lengths,
+                _not_right_padded(label_paddings), blank=blank, reduction=reduction,
                 zero_infinity=zero_infinity, time_major=False)  # fmt: skip
+
+
+def _not_right_padded(label_paddings):
+    """Rows of traced label paddings that hold a value other than 0 and 1, or a 0 after
+    a 1 (the eager check raises for them): their loss is nan, not a guess."""
+    binary = (label_paddings == 0) | (label_paddings == 1)
+    rising = jnp.any(label_paddings[:, 1:] < label_paddings[:, :-1], axis=1)
+    return ~jnp.all(binary, axis=1) | rising

@@ -22,7 +22,8 @@ from jaxloss._fused import engine
 from jaxloss._fused.chunking import ColumnSlice
 from jaxloss._reduce import dropped_elements, element_scales, explicit_sharding
 from jaxloss._softmax import max_and_sum_exp
-from jaxloss._xent import IGNORED, Fill, resolve_targets
+from jaxloss._targets import IGNORED, resolve_targets
+from jaxloss._xent import Fill
 
 
 class TeacherRows(NamedTuple):

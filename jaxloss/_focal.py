@@ -21,6 +21,7 @@ from jaxloss import _checks
 from jaxloss._binary import _bce_with_logits_terms, _binary_targets, _elementwise_weight, _times
 from jaxloss._reduce import compute_dtype, is_zero, reduce_loss, reduce_tokens
 from jaxloss._softmax import max_and_sum_exp
+from jaxloss._targets import resolve_targets
 from jaxloss._xent import (
     IndexTargets,
     Options,
@@ -28,7 +29,6 @@ from jaxloss._xent import (
     drop_minus_inf_tangent,
     index_targets,
     logit_gradient,
-    resolve_targets,
     smoothing_share,
     target_logit,
     target_weight,
@@ -53,7 +53,8 @@ def _modulation(kind: str, log_p, param):
     u = -jnp.expm1(log_p)
     scale = jnp.power(u, param)
     ratio = jnp.where(u > 0, -log_p / jnp.where(u > 0, u, 1.0), 1.0)
-    return scale * -log_p, scale * (1.0 + param * p * ratio)
+    # p r = -p log p / u tends to 0 as p -> 0: a -inf logit gives 0, not 0 * inf.
+    return scale * -log_p, scale * (1.0 + param * _times(p, ratio))
 
 
 def _modulated_terms(x, a, kind, param):
@@ -364,40 +365,59 @@ def integer_exponent(gamma) -> int | None:
     return None
 
 
-def _power(q, gamma, exponent: int | None):
-    return jnp.power(q, gamma) if exponent is None else jax.lax.integer_pow(q, exponent)
+def _focal_factor(log_q, gamma, exponent: int | None):
+    """``q^gamma`` from ``log q``: 1 at ``gamma = 0`` even where ``q = 0``."""
+    if exponent is not None:
+        return jax.lax.integer_pow(jnp.exp(log_q), exponent)
+    off = gamma == 0
+    return jnp.where(off, 1.0, jnp.exp(jnp.where(off, 1.0, gamma) * log_q))
 
 
 def _sigmoid_focal_terms(x, t, pw, gamma, exponent):
-    """The focal factor ``q^gamma`` with ``q = 1 - p_t``, the cross-entropy, and the
-    pieces of the gradient, written with ``sigma(x)`` and ``sigma(-x)`` so that neither
-    loses precision when the other is near 1."""
-    s, s_bar = jax.nn.sigmoid(x), jax.nn.sigmoid(-x)
-    q = s * (1.0 - t) + t * s_bar  # 1 - p_t, p_t = s t + (1 - s)(1 - t)
+    """``log q`` with ``q = 1 - p_t``, the focal factor ``q^gamma``, the cross-entropy,
+    and ``s (1 - s)(1 - 2t) / q``, the ratio in the gradient.
+
+    With ``e = exp(-|x|)``, ``q = (c + (1 - c) e) / (1 + e)``, where ``c = 1 - t`` for
+    ``x >= 0`` and ``c = t`` otherwise, and the ratio is
+    ``(1 - 2t) e / ((1 + e)(c + (1 - c) e))``. Neither divides by ``q`` nor takes the
+    log of an underflowed one: at ``c = 0`` (a hard target on the saturated side)
+    ``log q = -|x| - log1p(e)`` and the ratio is ``(1 - 2t) / (1 + e)``. So every
+    derivative stays finite at any finite logit, and the limits hold at infinite ones.
+    """
+    ax = jnp.where(x >= 0, x, -x)  # |x|, with the slope of the x >= 0 side at 0
+    e = jnp.exp(-ax)
+    c = jnp.where(x >= 0, 1.0 - t, t)
+    hard = c == 0
+    mixed = jnp.where(hard, 1.0, c + (1.0 - c) * e)
+    log_q = jnp.where(hard, -ax, jnp.log(mixed)) - jnp.log1p(e)
+    ratio = (1.0 - 2.0 * t) * jnp.where(hard, 1.0, e / mixed) / (1.0 + e)
     ce = _bce_with_logits_terms(x, t, pw)[2]
-    return s, s_bar, q, _power(q, gamma, exponent), ce
+    return _focal_factor(log_q, gamma, exponent), ce, ratio
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
 def _sigmoid_focal(x, t, balance, pw, gamma, exponent: int | None):
-    _, _, _, factor, ce = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
+    factor, ce, _ = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
     return _times(balance, _times(factor, ce))
 
 
 def _sigmoid_focal_jvp(exponent, primals, tangents):
     # d/dx [q^gamma ce] = gamma q^gamma (dq/dx / q) ce + q^gamma dce/dx, where
     # dq/dx = s (1 - s)(1 - 2t) and |dq/dx / q| <= 1 (q >= min(s, 1 - s) for t in
-    # [0, 1]): finite for every gamma >= 0, and 0 where q = 0.
+    # [0, 1]): finite for every gamma >= 0, and 0 where q = 0. d/d balance = q^gamma ce.
     x, t, balance, pw, gamma = primals
-    dx = tangents[0]
-    s, s_bar, q, factor, ce = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
-    loss = _times(balance, _times(factor, ce))
+    dx, _, dbalance, _, _ = tangents
+    factor, ce, ratio = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
+    focal = _times(factor, ce)
+    loss = _times(balance, focal)
     dloss = jnp.zeros_like(loss)
     if not is_zero(dx):
-        ratio = jnp.where(q > 0, s * s_bar * (1.0 - 2.0 * t) / jnp.where(q > 0, q, 1.0), 0.0)
+        s, s_bar = jax.nn.sigmoid(x), jax.nn.sigmoid(-x)
         dce = (1.0 - t) * s - pw * t * s_bar  # no cancellation as s -> 1
-        slope = _times(factor, gamma * ratio * ce + dce)
+        slope = _times(factor, gamma * _times(ratio, ce) + dce)
         dloss = dloss + _times(balance, slope) * dx
+    if not is_zero(dbalance):
+        dloss = dloss + focal * dbalance
     return loss, dloss
 
 
@@ -462,7 +482,9 @@ def sigmoid_focal_loss(
     $|s(1-s)(1-2t)/q| \le 1$ for $t \in [0, 1]$, so the factor $q^{\gamma-1}$ of the
     naive derivative, unbounded at $q = 0$ for $0 < \gamma < 1$, never appears: the rule
     is finite for every $\gamma \ge 0$ and is 0 where $q$ rounds to 0 (the exact limit).
-    ``targets``, ``alpha``, ``gamma`` and ``pos_weight`` carry no gradient.
+    $\partial\ell/\partial w = \alpha_t (1 - p_t)^\gamma\,\mathrm{ce}$; ``targets``,
+    ``alpha``, ``gamma`` and ``pos_weight`` carry no gradient (they are held constant
+    by ``stop_gradient``).
 
     Args:
         logits: floating, any shape.

@@ -22,8 +22,8 @@ from jaxloss._fused import engine
 from jaxloss._fused.chunking import ColumnSlice
 from jaxloss._reduce import dropped_elements, element_scales, safe_divide
 from jaxloss._softmax import max_and_sum_exp
+from jaxloss._targets import IGNORED, resolve_targets
 from jaxloss._xent import (
-    IGNORED,
     Fill,
     IndexTargets,
     Options,
@@ -33,7 +33,6 @@ from jaxloss._xent import (
     index_coefficients,
     index_targets,
     logit_gradient,
-    resolve_targets,
     soft_cap,
     soft_cap_gradient,
     softmax_cross_entropy,

@@ -21,15 +21,16 @@ from jax.typing import ArrayLike
 
 from jaxloss import _checks
 from jaxloss._binary import _bce_with_logits
-from jaxloss._reduce import compute_dtype, reduce_loss
+from jaxloss._reduce import compute_dtype, poison, reduce_loss
 from jaxloss._softmax import _log_sigmoid
+from jaxloss._targets import IGNORED, class_index, target_codes
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _hinge(z, power: int, slope_at_zero: bool):
     """``max(z, 0) ** power``; its derivative at ``z = 0`` is ``power * 0 ** (power - 1)``
     from the right side if ``slope_at_zero``, else 0 (the left side)."""
-    positive = jnp.where(z > 0, z, 0.0)
+    positive = jnp.where(z <= 0, 0.0, z)  # nan stays nan
     return positive if power == 1 else positive * positive
 
 
@@ -37,18 +38,16 @@ def _hinge(z, power: int, slope_at_zero: bool):
 def _hinge_jvp(power, slope_at_zero, primals, tangents):
     (z,), (dz,) = primals, tangents
     on = z >= 0 if slope_at_zero else z > 0
-    slope = 1.0 if power == 1 else 2.0 * z
-    return _hinge(z, power, slope_at_zero), jnp.where(on, slope * dz, 0.0)
+    slope = jnp.where(on, 1.0 if power == 1 else 2.0 * z, 0.0)
+    # The slope multiplies the tangent, so that a nan z gives a nan gradient in
+    # reverse mode too.
+    slope = jnp.where(jnp.isnan(z), jnp.nan, slope)
+    return _hinge(z, power, slope_at_zero), slope * dz
 
 
 def _pick(x, index):
-    """``x[..., index]`` for in-range indices (clipped: callers mark the others nan)."""
-    safe = jnp.clip(index, 0, x.shape[-1] - 1).astype(jnp.int32)
-    return jnp.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
-
-
-def _in_range(index, num_classes: int):
-    return (index >= 0) & (index < num_classes)
+    """``x[..., index]`` for int32 indices in range (``class_index`` resolves them)."""
+    return jnp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
 
 
 @functools.partial(jax.jit, static_argnames=("p", "reduction"))
@@ -56,12 +55,14 @@ def _multi_margin(x, targets, weight, margin, *, p, reduction):
     out_dtype, dtype = x.dtype, compute_dtype(x.dtype)
     x, margin = x.astype(dtype), jnp.asarray(margin, dtype)
     num_classes = x.shape[-1]
-    valid = _in_range(targets, num_classes)
-    safe = jnp.clip(targets, 0, num_classes - 1)
+    target = class_index(targets, num_classes)
+    safe = target.index
     scale = jnp.ones_like(x[..., 0]) if weight is None else weight.astype(dtype)[safe]
-    scale = jnp.where(valid, scale / num_classes, jnp.nan)
+    # An element of zero weight adds exactly 0, whatever its scores hold.
+    x = jnp.where((scale != 0)[..., None], x, 0.0)
+    scale = jnp.where(target.valid, scale / num_classes, jnp.nan)
     others = jnp.arange(num_classes) != safe[..., None]
-    z = margin - _pick(x, targets)[..., None] + x
+    z = margin - _pick(x, safe)[..., None] + x
     loss = scale * jnp.sum(jnp.where(others, _hinge(z, p, False), 0.0), axis=-1)
     return reduce_loss(loss, reduction).astype(out_dtype)
 
@@ -69,9 +70,10 @@ def _multi_margin(x, targets, weight, margin, *, p, reduction):
 def _target_counts(targets, num_classes: int):
     """How often each class is listed before the first -1 of each row of ``targets``,
     and whether every listed entry is a class."""
-    listed = jnp.cumprod(targets != -1, axis=-1).astype(bool)
-    valid = jnp.all(~listed | _in_range(targets, num_classes), axis=-1)
-    one_hot = jnp.arange(num_classes) == jnp.clip(targets, 0, num_classes - 1)[..., None]
+    codes = target_codes(targets, num_classes, ignore_index=-1)
+    listed = jnp.cumprod(codes != IGNORED, axis=-1).astype(bool)
+    valid = jnp.all(~listed | (codes >= 0), axis=-1)
+    one_hot = jnp.arange(num_classes) == codes[..., None]
     counts = jnp.sum(jnp.where(listed[..., None] & one_hot, 1.0, 0.0), axis=-2)
     return counts, valid
 
@@ -82,11 +84,14 @@ def _multilabel_margin(x, targets, *, reduction):
     x = x.astype(dtype)
     num_classes = x.shape[-1]
     counts, valid = _target_counts(targets, num_classes)
+    x = poison(x, ~valid)
     # z[..., j, i] = 1 - (x_j - x_i): target j against every class i that is not one.
     z = 1.0 - x[..., :, None] + x[..., None, :]
     pairs = counts[..., :, None] * (counts[..., None, :] == 0)
-    loss = jnp.sum(pairs * _hinge(z, 1, False), axis=(-2, -1)) / num_classes
-    return reduce_loss(jnp.where(valid, loss, jnp.nan), reduction).astype(out_dtype)
+    # Only pairs are read: an infinite score makes other entries of z nan.
+    hinges = _hinge(jnp.where(pairs > 0, z, 0.0), 1, False)
+    loss = jnp.sum(pairs * hinges, axis=(-2, -1)) / num_classes
+    return reduce_loss(loss, reduction).astype(out_dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("reduction",))
@@ -139,26 +144,30 @@ def _top_minus_target_jvp(primals, tangents):
     shifted = scores + bonus
     top = jnp.max(shifted, axis=-1)
     winner = jnp.where(_pick(shifted, labels) >= top, labels, jnp.argmax(shifted, axis=-1))
-    return value, _pick(dscores, winner) - _pick(dscores, labels)
+    classes = jnp.arange(scores.shape[-1])
+    grad = (classes == winner[..., None]).astype(value.dtype) - (classes == labels[..., None])
+    # A nan score gives a nan gradient as well as a nan value.
+    grad = jnp.where(jnp.isnan(value)[..., None], jnp.nan, grad)
+    return value, jnp.sum(grad * dscores, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("reduction", "margin"))
 def _multiclass_margin(scores, labels, *, reduction, margin):
     out_dtype, dtype = scores.dtype, compute_dtype(scores.dtype)
     num_classes = scores.shape[-1]
-    valid = _in_range(labels, num_classes)
-    safe = jnp.clip(labels, 0, num_classes - 1)
-    bonus = jnp.where(jnp.arange(num_classes) == safe[..., None], 0.0, margin).astype(dtype)
-    loss = _top_minus_target(scores.astype(dtype), safe, bonus)
-    return reduce_loss(jnp.where(valid, loss, jnp.nan), reduction).astype(out_dtype)
+    label = class_index(labels, num_classes)
+    bonus = jnp.where(jnp.arange(num_classes) == label.index[..., None], 0.0, margin)
+    scores = poison(scores.astype(dtype), ~label.valid)
+    loss = _top_minus_target(scores, label.index, bonus.astype(dtype))
+    return reduce_loss(loss, reduction).astype(out_dtype)
 
 
-def _real_targets(name: str, targets, shape) -> jax.Array:
+def _real_targets(name: str, targets, shape, values: str = "+1 or -1") -> jax.Array:
     targets = _checks.same_shape(name, targets, shape, "the scores'")
     if not (
         jnp.issubdtype(targets.dtype, jnp.floating) or jnp.issubdtype(targets.dtype, jnp.integer)
     ):
-        raise TypeError(f"{name} must be real numbers (+1 or -1), got dtype {targets.dtype}")
+        raise TypeError(f"{name} must be real numbers ({values}), got dtype {targets.dtype}")
     return targets
 
 
@@ -192,8 +201,11 @@ def multi_margin_loss(
     give half).
 
     Args:
-        scores: floating scores ``(..., C)``; PyTorch's ``(N, C)`` or ``(C,)``.
-        targets: integer classes of shape ``scores.shape[:-1]``.
+        scores: floating scores ``(..., C)``; PyTorch's ``(N, C)`` or ``(C,)``, and a
+            0-d score as one class.
+        targets: integer classes of shape ``scores.shape[:-1]`` (any integer dtype);
+            ``(C,)`` scores also take a ``(1,)`` target, as in PyTorch (the result
+            then has shape ``(1,)``).
         p: 1 or 2.
         margin: the margin $m$, a real scalar.
         weight: optional per-class weights, shape ``(C,)``.
@@ -215,6 +227,12 @@ def multi_margin_loss(
         >>> jax.grad(jl.multi_margin_loss)(x, y)
         Array([[ 0.25,  0.25,  0.25, -0.75]], dtype=float32)
     """
+    scores = _checks.floating_input("scores", scores)
+    targets = _checks.as_array("targets", targets)
+    # PyTorch's shapes: a 0-d score is one class; (C,) scores with a (1,) target are
+    # one element of a batch.
+    if scores.ndim == 0 or (scores.ndim == 1 and targets.shape == (1,)):
+        scores = scores[None]
     scores = _checks.class_scores("scores", scores)
     targets = _checks.class_indices("targets", targets, scores.shape)
     weight = _checks.class_weight(weight, scores.shape[-1])
@@ -241,7 +259,7 @@ def multilabel_margin_loss(
     exactly 0 adds nothing, as in PyTorch. The pairs cost ``C * C`` per element.
 
     Args:
-        scores: floating scores ``(..., C)``.
+        scores: floating scores ``(..., C)``; a 0-d score is one class, as in PyTorch.
         targets: integer class lists of the scores' shape, each ended by -1 unless full.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -261,6 +279,10 @@ def multilabel_margin_loss(
         >>> jax.grad(jl.multilabel_margin_loss)(x, y)
         Array([[-0.5,  0.5,  0.5, -0.5]], dtype=float32)
     """
+    scores = _checks.floating_input("scores", scores)
+    targets = _checks.as_array("targets", targets)
+    if scores.ndim == 0:  # PyTorch's 0-d input: one class
+        scores, targets = scores[None], targets[None]
     scores = _checks.class_scores("scores", scores)
     targets = _checks.same_shape("targets", targets, scores.shape, "the scores'")
     if not jnp.issubdtype(targets.dtype, jnp.integer):
@@ -287,7 +309,8 @@ def multilabel_soft_margin_loss(
 
     Args:
         logits: floating logits ``(..., C)``.
-        targets: floating targets in ``[0, 1]`` of the logits' shape.
+        targets: targets in ``[0, 1]`` of the logits' shape, floating or integer 0/1
+            (PyTorch takes both).
         weight: optional per-class weights, broadcastable to the logits.
         reduction: ``"mean"`` (over the elements, each a class mean), ``"sum"`` or ``"none"``.
 
@@ -308,8 +331,7 @@ def multilabel_soft_margin_loss(
         Array([[-0.25  ,  0.4404]], dtype=float32)
     """
     logits = _checks.class_scores("logits", logits)
-    targets = _checks.floating_input("targets", targets)
-    targets = _checks.same_shape("targets", targets, logits.shape, "the logits'")
+    targets = _real_targets("targets", targets, logits.shape, "in [0, 1]")
     if weight is not None:
         weight = _checks.floating_input("weight", weight)
         weight = _checks.broadcastable_to("weight", weight, logits.shape, "the logits'")

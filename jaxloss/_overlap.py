@@ -9,6 +9,7 @@ the ratio carries a hand-written rule that also defines the empty case.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from jax.typing import ArrayLike
 from jaxloss import _checks
 from jaxloss._reduce import compute_dtype, reduce_loss
 from jaxloss._softmax import _softmax
+from jaxloss._targets import class_index
 
 
 @jax.custom_jvp
@@ -56,10 +58,10 @@ def _target_mass(targets, shape, classes_axis: int | None, dtype):
     """Targets as per-class mass of ``shape`` (classes last): one-hot rows for class
     indices (nan rows for indices outside the classes), else the given values."""
     num_classes = shape[-1]
-    if jnp.issubdtype(targets.dtype, jnp.integer) and classes_axis is not None and num_classes > 1:
-        valid = (targets >= 0) & (targets < num_classes)
-        one_hot = jnp.arange(num_classes) == targets[..., None]
-        return jnp.where(valid[..., None], one_hot, jnp.nan).astype(dtype)
+    if jnp.issubdtype(targets.dtype, jnp.integer) and targets.ndim < len(shape):
+        label = class_index(targets, num_classes)
+        one_hot = jnp.arange(num_classes) == label.index[..., None]
+        return jnp.where(label.valid[..., None], one_hot, jnp.nan).astype(dtype)
     if classes_axis is None or targets.ndim < len(shape):
         return targets.astype(dtype)[..., None]
     return jnp.moveaxis(targets.astype(dtype), classes_axis, -1)
@@ -80,7 +82,9 @@ def _overlap(predictions, targets, weight, alpha, beta, smooth, *, axis, options
         p = _softmax(x, x.ndim - 1)
     per_sample = per_sample and x.ndim > 1
     batch = x.shape[0] if per_sample else 1
-    p, mass = p.reshape(batch, -1, x.shape[-1]), mass.reshape(batch, -1, x.shape[-1])
+    # The pixels per sample, spelled out: reshape cannot infer -1 from an empty batch.
+    pixels = math.prod(x.shape[:-1]) // batch if batch else 0
+    p, mass = p.reshape(batch, pixels, x.shape[-1]), mass.reshape(batch, pixels, x.shape[-1])
     intersection, target = jnp.sum(p * mass, axis=1), jnp.sum(mass, axis=1)
     loss = _tversky_ratio(intersection, jnp.sum(p, axis=1), target, alpha, beta, smooth)
     if generalized:  # optax's weights: inverse squared class mass, mean 1
@@ -111,6 +115,12 @@ def _overlap_arguments(predictions, targets, axis, weight):
         raise TypeError(f"targets must be class indices or per-class mass, got {targets.dtype}")
     index_shape = None if axis is None else predictions.shape[:axis] + predictions.shape[axis + 1 :]
     is_index = jnp.issubdtype(targets.dtype, jnp.integer) and targets.shape == index_shape
+    if is_index and predictions.shape[axis] == 1:
+        raise ValueError(
+            f"targets: with one class (predictions' axis {axis} has size 1), integer targets "
+            "without the class axis would all be class 0; pass 0/1 targets of the "
+            f"predictions' shape {predictions.shape}, or axis=None for one binary channel"
+        )
     if not is_index:
         targets = _checks.same_shape("targets", targets, predictions.shape, "the predictions'")
         targets = targets.astype(compute_dtype(predictions.dtype))

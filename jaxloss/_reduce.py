@@ -41,6 +41,13 @@ def class_weight_of(weight: jax.Array, index: jax.Array) -> jax.Array:
     return weight.at[index].get(out_sharding=sharding)
 
 
+def poison(x: jax.Array, bad: jax.Array) -> jax.Array:
+    """``x`` with nan where ``bad`` (broadcast over trailing axes): added rather than
+    selected, so that the gradient of those entries is nan too, not 0."""
+    bad = jnp.reshape(bad, bad.shape + (1,) * (x.ndim - bad.ndim))
+    return x + jnp.where(bad, jnp.nan, 0.0).astype(x.dtype)
+
+
 def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     """``numerator / denominator``, and 0 (with zero gradient) where the denominator is 0.
 

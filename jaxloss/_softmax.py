@@ -94,7 +94,11 @@ def _apply_normalized(fn, x, axis, where):
 
 
 def _normalized(fn, x, axis, where):
-    x = _checks.floating_input("x", x, min_ndim=1)
+    x = _checks.floating_input("x", x)
+    if x.ndim == 0:  # PyTorch's 0-d input: one class
+        _checks.class_axis(axis, 1)
+        where = _checks.where_mask(where, (1,))
+        return _apply_normalized(fn, x[None], 0, where)[0]
     axis = _checks.class_axis(axis, x.ndim)
     where = _checks.where_mask(where, x.shape)
     if x.shape[axis] == 0:  # nothing to normalize: the empty result, as in PyTorch
@@ -126,7 +130,7 @@ def log_softmax(x: ArrayLike, axis: int = -1, *, where: ArrayLike | None = None)
     $$
 
     Args:
-        x: floating logits, any shape with at least one axis.
+        x: floating logits, any shape; a 0-d input is one class, as in PyTorch.
         axis: the class axis (an int).
         where: optional boolean mask broadcastable to ``x``; ``False`` entries
             are left out of the normalization and come out as ``-inf``.

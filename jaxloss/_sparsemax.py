@@ -10,7 +10,9 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._reduce import compute_dtype, reduce_loss
+from jaxloss._binary import _times
+from jaxloss._reduce import compute_dtype, is_zero, poison, reduce_loss
+from jaxloss._targets import class_index
 
 
 def _threshold(x):
@@ -42,7 +44,10 @@ def _sparsemax_last_jvp(primals, tangents):
     mean = jnp.sum(jnp.where(support, dx, 0.0), axis=-1, keepdims=True) / jnp.sum(
         support, axis=-1, keepdims=True
     )
-    return p, jnp.where(support, dx - mean, 0.0)
+    # A row without a finite projection (p nan) has a nan Jacobian, not 0: the nan
+    # coefficient multiplies the tangent, so reverse mode carries it too.
+    undefined = jnp.where(jnp.isnan(p), jnp.nan, 0.0)
+    return p, jnp.where(support, dx - mean, 0.0) + undefined * dx
 
 
 @functools.partial(jax.jit, static_argnames=("axis",))
@@ -95,16 +100,23 @@ def sparsemax(x: ArrayLike, axis: int = -1) -> jax.Array:
 @jax.custom_jvp
 def _binary_sparsemax(x, t):
     """``sparse_plus(x) - t x``: 0 / -t x for x <= -1, (x + 1)^2 / 4 - t x between,
-    (1 - t) x for x >= 1, written per piece so that t = 1 cancels nothing."""
+    (1 - t) x for x >= 1, written per piece so that t = 1 cancels nothing (and a
+    zero coefficient of an infinite logit is 0)."""
     middle = (x + 1.0) ** 2 / 4.0 - t * x
-    return jnp.where(x >= 1.0, (1.0 - t) * x, jnp.where(x <= -1.0, -t * x, middle))
+    return jnp.where(x >= 1.0, _times(1.0 - t, x), jnp.where(x <= -1.0, -_times(t, x), middle))
 
 
-@_binary_sparsemax.defjvp
 def _binary_sparsemax_jvp(primals, tangents):
     (x, t), (dx, dt) = primals, tangents
-    sparse_sigmoid = jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
-    return _binary_sparsemax(x, t), (sparse_sigmoid - t) * dx - x * dt
+    dloss = jnp.zeros_like(_binary_sparsemax(x, t))
+    if not is_zero(dx):
+        dloss = dloss + (jnp.clip((x + 1.0) / 2.0, 0.0, 1.0) - t) * dx
+    if not is_zero(dt):
+        dloss = dloss - x * dt
+    return _binary_sparsemax(x, t), dloss
+
+
+_binary_sparsemax.defjvp(_binary_sparsemax_jvp, symbolic_zeros=True)
 
 
 @functools.partial(jax.jit, static_argnames=("reduction",))
@@ -181,11 +193,10 @@ def _multiclass_fenchel_young_jvp(primals, tangents):
 @functools.partial(jax.jit, static_argnames=("reduction",))
 def _multiclass_sparsemax(scores, labels, *, reduction):
     dtype = compute_dtype(scores.dtype)
-    num_classes = scores.shape[-1]
-    valid = (labels >= 0) & (labels < num_classes)
-    safe = jnp.clip(labels, 0, num_classes - 1).astype(jnp.int32)
-    loss = _multiclass_fenchel_young(scores.astype(dtype), safe)
-    return reduce_loss(jnp.where(valid, loss, jnp.nan), reduction).astype(scores.dtype)
+    label = class_index(labels, scores.shape[-1])
+    x = poison(scores.astype(dtype), ~label.valid)  # nan value and gradient
+    loss = _multiclass_fenchel_young(x, label.index)
+    return reduce_loss(loss, reduction).astype(scores.dtype)
 
 
 def multiclass_sparsemax_loss(

@@ -7,7 +7,7 @@ smoothing, ignored elements) is, per element,
     l = sum_c a_c * (-log p_c),
 
 with a *coefficient* vector ``a`` built linearly from the targets and options. This
-module holds, once: resolving class-index targets (``resolve_targets``, then
+module holds, once: the resolved class-index targets (``_targets.resolve_targets``, then
 ``index_targets``), building the coefficients, the value and the closed-form logit
 gradient ``S p - a`` (as ``jax.custom_jvp`` rules), the z-loss and the soft-cap, and
 the mean's denominator. The public modules validate their arguments, build an
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from jaxloss._reduce import class_weight_of, compute_dtype, explicit_sharding, is_zero
 from jaxloss._softmax import max_and_sum_exp, max_min_and_sum_exp
+from jaxloss._targets import IGNORED, OUT_OF_RANGE
 
 # --- the static and traced configuration of one call ---------------------------------
 
@@ -84,39 +85,6 @@ CONSTANT_FILL = Fill()
 
 
 # --- class-index targets -------------------------------------------------------------
-
-IGNORED = -1  # the code of an element whose target is ignore_index
-OUT_OF_RANGE = -2  # the code of a kept element whose target is outside [0, C)
-
-
-def target_codes(targets: jax.Array, num_classes: int, ignore_index: int) -> jax.Array:
-    """Class-index targets of any integer dtype as int32 codes: the class in ``[0, C)``,
-    ``IGNORED`` or ``OUT_OF_RANGE``.
-
-    Every comparison is made in the targets' own dtype, and only where its operand
-    fits that dtype: ``ignore_index`` and ``C`` are mathematical integers, so a value
-    the dtype cannot hold (-100 for ``uint8`` targets, 300 classes for ``int8``)
-    never matches a target by wrapping around. Once resolved, every dtype gives the
-    same int32 array, so the same losses and gradients, bit for bit.
-    """
-    info = jnp.iinfo(targets.dtype)
-    if info.min <= ignore_index <= info.max:
-        keep = targets != ignore_index
-    else:
-        keep = jnp.ones(targets.shape, bool)
-    in_range = targets >= 0 if info.min < 0 else jnp.ones(targets.shape, bool)
-    if num_classes <= info.max:
-        in_range = in_range & (targets < num_classes)
-    class_index = jnp.where(in_range, targets, 0).astype(jnp.int32)
-    codes = jnp.where(keep, jnp.where(in_range, class_index, OUT_OF_RANGE), IGNORED)
-    # The barrier keeps XLA from fusing the dtype-specific comparisons into the loss,
-    # so that the program after it, and so its rounding, is the same for every dtype.
-    return jax.lax.optimization_barrier(codes)
-
-
-# Called by the public functions before their core: the core is then one program for
-# every target dtype and ignore_index, compiled once and rounding alike.
-resolve_targets = jax.jit(target_codes, static_argnums=(1, 2))
 
 
 class IndexTargets(NamedTuple):

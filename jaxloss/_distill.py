@@ -20,9 +20,9 @@ from jax.typing import ArrayLike
 from jaxloss import _checks
 from jaxloss._fused import engine
 from jaxloss._fused.chunking import ColumnSlice
-from jaxloss._reduce import dropped_elements, element_scales, explicit_sharding
+from jaxloss._reduce import dropped_elements, element_scales, explicit_sharding, poison
 from jaxloss._softmax import max_and_sum_exp
-from jaxloss._targets import IGNORED, resolve_targets
+from jaxloss._targets import IGNORED, OUT_OF_RANGE, resolve_targets
 from jaxloss._xent import Fill
 
 
@@ -236,7 +236,7 @@ def _linear_kl_div(
         codes = jnp.where(dropped, IGNORED, codes)
     shape = codes.shape
     keep = (codes != IGNORED).reshape(-1)
-    x2 = x.reshape(-1, hidden)
+    x2 = poison(x, codes == OUT_OF_RANGE).reshape(-1, hidden)  # nan value and gradient
     rows = jax.tree.map(lambda a: a.reshape(-1, a.shape[-1]), rows)
     sharding = explicit_sharding(x2)
     if sharding is not None:
@@ -334,7 +334,9 @@ def linear_kl_div(
             ``[0, V)`` has a nan loss (and gradient).
         temperature: $T > 0$ (may be traced; no gradient).
         targets: optional integer token ids of shape ``x.shape[:-1]``, used only to
-            mark ignored tokens (those equal to ``ignore_index``).
+            mark ignored tokens (those equal to ``ignore_index``); a token id outside
+            ``[0, vocab_size)`` makes its token's loss and gradient nan, as in
+            ``linear_cross_entropy``.
         ignore_index: see ``targets`` (static).
         reduction: ``"mean"`` (over kept tokens), ``"sum"``, ``"sequence_mean"`` or
             ``"none"`` (static).

@@ -30,6 +30,11 @@ def _kl_pointwise(log_input, target, log_target):
     return jnp.where(absent, _absent_term(log_input), target * (jnp.log(safe_target) - log_input))
 
 
+def _nan_where_nan(loss, slope):
+    """The term is linear in log_input, but a nan term has a nan gradient too."""
+    return jnp.where(jnp.isnan(loss), jnp.nan, slope)
+
+
 def _kl_pointwise_jvp(log_target, primals, tangents):
     log_input, target = primals
     dlog_input, dtarget = tangents
@@ -39,14 +44,18 @@ def _kl_pointwise_jvp(log_target, primals, tangents):
         absent = target == -jnp.inf
         p = jnp.exp(target)
         if not is_zero(dlog_input):
-            dloss = dloss - jnp.where(absent, _absent_term(log_input), p) * dlog_input
+            dloss = (
+                dloss
+                - _nan_where_nan(loss, jnp.where(absent, _absent_term(log_input), p)) * dlog_input
+            )
         if not is_zero(dtarget):
             slope = jnp.where(absent, 0.0, p * (target - log_input + 1.0))
             dloss = dloss + slope * dtarget
         return loss, dloss
     absent = target == 0
     if not is_zero(dlog_input):
-        dloss = dloss - jnp.where(absent, _absent_term(log_input), target) * dlog_input
+        slope = _nan_where_nan(loss, jnp.where(absent, _absent_term(log_input), target))
+        dloss = dloss - slope * dlog_input
     if not is_zero(dtarget):
         # d/dt [t log t - t x] = log t + 1 - x. At t = 0 it is -inf (one-sided); the rule
         # returns 0 there, so that a target with zeros trains (PyTorch returns nan).

@@ -330,7 +330,10 @@ def _index_nll_jvp(primals, tangents):
     dloss = jnp.zeros_like(loss)
     if not is_zero(dlog_probs):
         dpicked = target_logit(dlog_probs, targets.class_index)
-        dloss = dloss - jnp.where(element_weight != 0, element_weight * dpicked, 0.0)
+        # The loss is linear in log_probs[y], but a nan one gives a nan gradient too.
+        slope = jnp.where(element_weight != 0, element_weight, 0.0)
+        slope = jnp.where(jnp.isnan(loss), jnp.nan, slope)
+        dloss = dloss - slope * dpicked
         # Out of range, the whole row's gradient is nan (the class is unknown).
         row_nan = jnp.where(targets.bad, jnp.nan, 0.0)
         dloss = dloss + row_nan * jnp.sum(dlog_probs, axis=-1)

@@ -286,7 +286,11 @@ BAD_CALLS = [
     (lambda: jl.multi_margin_loss(X[:, :0], Y), ValueError, "scores"),
     (lambda: jl.multilabel_margin_loss(X, Y), ValueError, "targets must have the scores' shape"),
     (lambda: jl.multilabel_margin_loss(X, X), TypeError, "targets must hold integer"),
-    (lambda: jl.multilabel_soft_margin_loss(X, Y), TypeError, "targets must have a floating"),
+    (
+        lambda: jl.multilabel_soft_margin_loss(X, X.astype(bool)),
+        TypeError,
+        "targets must be real numbers (in [0, 1])",
+    ),
     (
         lambda: jl.multilabel_soft_margin_loss(X, X, weight=np.ones(2)),
         ValueError,

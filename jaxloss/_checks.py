@@ -386,5 +386,7 @@ def softmax_logits_and_targets(
 def passes(value):
     """The ``passes`` of a fused loss: 1, 2 or None (chosen by dtype and devices)."""
     if value not in (None, 1, 2) or isinstance(value, bool):
-        raise ValueError(f"passes must be 1, 2 or None (chosen by dtype), got {value!r}")
+        raise ValueError(
+            f"passes must be 1, 2 or None (chosen by dtype and devices), got {value!r}"
+        )
     return value

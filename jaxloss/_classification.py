@@ -190,9 +190,9 @@ def cross_entropy(
     ``nan`` or infinite. A ``nan`` or ``+inf`` logit in a counted element makes
     it ``nan``. A row's loss does not change when a constant is added to its
     logits, up to the rounding of the logits themselves. A probability target
-    that puts mass on a class of probability 0 gives a loss of at least that
-    mass times the largest float (standing in for the true ``inf``); its
-    gradient with respect to that target entry is taken as 0.
+    that puts mass on a class of probability 0 (a ``-inf`` logit) gives an
+    infinite loss, the true value; its gradient with respect to that target entry
+    is taken as 0.
 
     PyTorch: ``F.cross_entropy(logits, targets, weight=..., ignore_index=...,
     reduction=..., label_smoothing=...)`` with ``axis=1``. Deviations (each

@@ -347,7 +347,8 @@ def linear_kl_div(
         normalizer: optional denominator of ``"mean"``/``"sequence_mean"`` (as in
             ``linear_cross_entropy``).
         chunk_size: tokens per chunk (static); by default the largest power of two
-            whose float32 logits fit in 16 MiB, and at least 8.
+            whose float32 logits fit in 16 MiB (at least 8), but no more than the
+            number of tokens rounded up to a power of two.
         passes: 1 or 2 (static), as in ``linear_cross_entropy``: two passes keep no
             ``H x V`` buffer and, on several devices, reduce the weight gradient once
             per step; ``None`` chooses as ``linear_cross_entropy`` does.

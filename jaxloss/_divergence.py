@@ -123,7 +123,9 @@ def kl_div(
     ``"batchmean"`` of an empty batch is 0 (PyTorch: nan); ``target`` must have
     ``log_input``'s shape rather than broadcast. A negative or nan target is not
     a probability: its term is nan, as in PyTorch; so is the term (and its
-    gradient) of a nan or ``+inf`` ``log_input``, whatever the target.
+    gradient) of a nan ``log_input``, whatever the target. A ``+inf`` ``log_input``
+    gives nan against a zero target and ``-inf`` against a positive one, as in
+    PyTorch.
 
     Examples:
         >>> import jax, jax.numpy as jnp

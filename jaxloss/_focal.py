@@ -236,7 +236,9 @@ def softmax_focal_loss(
     $r_c \in [1, \infty)$ tends to 1 as $p_c \to 1$: the derivative of $u^\gamma$,
     unbounded at $u = 0$ for $0 < \gamma < 1$, enters only multiplied by $-\log p_c$,
     which vanishes as fast, so the rule is finite for every $\gamma \ge 0$ and gives
-    the exact limit where $p_c$ rounds to 1. ``gamma`` and ``alpha`` carry no gradient.
+    the exact limit where $p_c$ rounds to 1. ``alpha`` (the class weights) gets its
+    true gradient, $\sum_n \partial \ell_n / \partial a_{n,c}$ through the
+    coefficients; ``gamma`` carries none (it is held constant by ``stop_gradient``).
 
     Args:
         logits: floating ``[..., num_classes, ...]`` with the classes on ``axis``.

@@ -20,7 +20,7 @@ from jax.typing import ArrayLike
 from jaxloss import _checks
 from jaxloss._fused import engine
 from jaxloss._fused.chunking import ColumnSlice
-from jaxloss._reduce import dropped_elements, element_scales, safe_divide
+from jaxloss._reduce import dropped_elements, element_scales, like_tokens, safe_divide
 from jaxloss._softmax import max_and_sum_exp
 from jaxloss._targets import IGNORED, resolve_targets
 from jaxloss._xent import (
@@ -227,7 +227,8 @@ def _linear_cross_entropy(
     acc = engine.accumulation_dtype(x, w)
     # No gradient flows to the numeric options here (documented).
     scalars = jax.lax.stop_gradient(scalars.astype(acc))
-    weighting = jax.lax.stop_gradient(weighting)
+    # Targets replicated while the tokens are sharded (explicit mode) go where the tokens are.
+    codes, weighting = like_tokens((codes, jax.lax.stop_gradient(weighting)), x)
     dropped = dropped_elements(weighting.token_weight, weighting.segment_ids)
     if dropped is not None:
         codes = jnp.where(dropped, IGNORED, codes)
@@ -390,9 +391,13 @@ def linear_cross_entropy(
         z_loss: coefficient of the $\operatorname{lse}^2$ penalty (PaLM), default 0.
         logit_softcap: optional $c > 0$ for $c\tanh(z/c)$ (Gemma 2).
         chunk_size: tokens per chunk (static); by default the largest power of two
-            whose float32 logits fit in 16 MiB, and at least 8.
+            whose float32 logits fit in 16 MiB (at least 8), but no more than the
+            number of tokens rounded up to a power of two.
         passes: 1 or 2, how the gradients of ``"mean"`` and ``"sum"`` are formed
-            (static; see above); ``None`` chooses by ``w``'s dtype.
+            (static; see above); ``None`` chooses two where the tokens may be spread
+            over devices (explicit sharding, or more than one device outside a
+            ``shard_map`` manual over every axis) or where ``w`` is narrower than the
+            accumulation dtype (bfloat16), else one.
         vocab_chunk_size: vocabulary columns per step of the second pass (static); by
             default as many as fit a float32 slice of the weight gradient in 16 MiB or
             in 1/64 of the gradient's bytes, whichever is larger.

@@ -33,6 +33,18 @@ def explicit_sharding(x):
     return None
 
 
+def like_tokens(values, x):
+    """Per-token arrays (``x.shape[:-1]``: targets, token weights, segment ids) with the
+    token sharding of ``x`` under explicit sharding, where a replicated one would not
+    combine with sharded tokens; unchanged otherwise. ``None`` entries stay ``None``."""
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return values
+    spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+    tokens = jax.sharding.NamedSharding(sharding.mesh, jax.P(*spec[: x.ndim - 1]))
+    return jax.tree.map(lambda a: jax.sharding.reshard(a, tokens), values)
+
+
 def class_weight_of(weight: jax.Array, index: jax.Array) -> jax.Array:
     """``weight[index]`` (in range), sharded like ``index`` under explicit sharding."""
     sharding = explicit_sharding(index)

@@ -47,6 +47,12 @@ def loss_cases(x, y, t, weight):
         "log_softmax": (lambda x: jnp.sum(jl.log_softmax(x) * t), x),
         "bce_with_logits": (lambda x: jl.binary_cross_entropy_with_logits(x, t), x),
         "kl_div": (lambda x: jl.kl_div(jl.log_softmax(x), t, reduction="batchmean"), x),
+        "softmax_focal_loss": (lambda x: jl.softmax_focal_loss(x, y, alpha=weight), x),
+        "poly1_cross_entropy": (lambda x: jl.poly1_cross_entropy(x, y, weight=weight), x),
+        # The margin losses have no ignore_index: the ignored row's -100 is made a class.
+        "multi_margin_loss": (lambda x: jl.multi_margin_loss(x, abs(y), weight=weight), x),
+        "multiclass_hinge_loss": (lambda x: jl.multiclass_hinge_loss(x, abs(y)), x),
+        "multilabel_soft_margin_loss": (lambda x: jl.multilabel_soft_margin_loss(x, t), x),
         "cross_entropy_sequence_mean": (
             lambda x: jl.cross_entropy(
                 x,
@@ -92,6 +98,27 @@ def inputs():
     return x, y, t, hidden, w
 
 
+# The losses that all-gather class-sharded scores (docs/sharding.md names them): the
+# sparsemax threshold sorts each row, and the multilabel hinge pairs every two classes.
+GATHERING = ("sparsemax", "multiclass_sparsemax_loss", "multilabel_margin_loss")
+
+
+def gathering_cases(x, y, t, weight):
+    del t, weight
+    labels = abs(y)
+    # Two target classes for each of 8 rows (the pairs cost C * C per row).
+    lists = jnp.full((8, V), -1).at[:, 0].set(labels[:8]).at[:, 1].set((labels[:8] + 1) % V)
+    return {
+        "sparsemax": (lambda x: jnp.sum(jl.sparsemax(x) * x), x),
+        "multiclass_sparsemax_loss": (lambda x: jl.multiclass_sparsemax_loss(x, labels), x),
+        "multilabel_margin_loss": (lambda x: jl.multilabel_margin_loss(x[:8], lists), x),
+    }
+
+
+def all_logit_cases(x, y, t, weight):
+    return {**loss_cases(x, y, t, weight), **gathering_cases(x, y, t, weight)}
+
+
 def run_logit_losses(mode_name: str) -> None:
     """The losses of logits, with the logits' tokens, vocabulary or both sharded."""
     mode = MODES[mode_name][0]
@@ -107,13 +134,13 @@ def run_logit_losses(mode_name: str) -> None:
     }
     # Class weights are V floats: kept replicated, every device looks up its rows' own.
     weight = jnp.linspace(0.5, 1.0, V)
-    for name, (fn, _) in loss_cases(x, y, t, weight).items():
+    for name, (fn, _) in all_logit_cases(x, y, t, weight).items():
         reference(name, lambda: jax.jit(jax.value_and_grad(fn))(x))
     for layout, (mesh, logits_spec, row_spec) in layouts.items():
         put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
         with in_mode(mesh, mode_name):
             ys, ts = put(y, row_spec), put(t, logits_spec)
-            for name, (fn, arg) in loss_cases(x, ys, ts, put(weight, P())).items():
+            for name, (fn, arg) in all_logit_cases(x, ys, ts, put(weight, P())).items():
                 sharded_arg = put(arg, logits_spec)
                 compiled = jax.jit(jax.value_and_grad(fn)).lower(sharded_arg).compile()
                 value, grad = compiled(sharded_arg)
@@ -375,10 +402,40 @@ def ctc_losses(mode_name: str) -> None:
         report(mode_name, "batch", name, value, grad, *expected, compiled.as_text())
 
 
+def unplaced_arguments(mode_name: str) -> None:
+    """The fused losses with the tokens sharded and the rest as users pass it: targets
+    replicated, and a ``w`` not on the mesh (a NumPy array, or an array placed without a
+    sharding), each against one device."""
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(MODES[mode_name][0],))
+    hidden, w, y = inputs()[3], build.normal((H, V), 4).__array__(), inputs()[1]
+    losses = {
+        "linear_cross_entropy": lambda h, w, y: jl.linear_cross_entropy(h, w, y),
+        "linear_kl_div": lambda h, w, y: jl.linear_kl_div(h, w, h, w * 0.5, targets=y),
+    }
+    unplaced = jax.device_put(w)  # on the default device, uncommitted
+    for name, fn in losses.items():
+        step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+        expected = reference(f"unplaced {name}", lambda: step(hidden, w, y))
+        with in_mode(mesh, mode_name):
+            tokens = jax.device_put(hidden, NamedSharding(mesh, P("d", None)))
+            replicated = jax.device_put(y, NamedSharding(mesh, P()))
+            sharded_y = jax.device_put(y, NamedSharding(mesh, P("d")))
+            for layout, args in {
+                "targets replicated": (tokens, jax.device_put(w, NamedSharding(mesh, P())),
+                                       replicated),
+                "w a NumPy array": (tokens, w, sharded_y),
+                "w placed without a sharding": (tokens, unplaced, sharded_y),
+            }.items():  # fmt: skip
+                value, grad = step(*args)
+                report(mode_name, layout, name, value, grad, *expected, "")
+
+
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     part, *mode_names = sys.argv[1:]
     if part == "logits":
         communication()
     for mode_name in mode_names:
-        {"logits": run_logit_losses, "ctc": ctc_losses, "fused": fused_losses}[part](mode_name)
+        parts = {"logits": run_logit_losses, "ctc": ctc_losses, "fused": fused_losses,
+                 "unplaced": unplaced_arguments}  # fmt: skip
+        parts[part](mode_name)

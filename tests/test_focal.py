@@ -326,3 +326,59 @@ def test_a_scalar_alpha_weights_every_class_alike(x64):
         0.5 * jl.softmax_focal_loss(x, y, reduction="sum"),
         rtol=1e-13,
     )
+
+
+def test_sigmoid_focal_weight_gets_the_gradient_of_the_formula(x64):
+    x, t = jnp.array([0.3, -1.2, 2.0, -0.4]), jnp.array([1.0, 0.0, 1.0, 0.0])
+    w = jnp.array([0.5, 1.0, 2.0, 1.5])
+
+    def naive(w):
+        p = jax.nn.sigmoid(x)
+        q = 1.0 - (p * t + (1.0 - p) * (1.0 - t))
+        ce = -(t * jax.nn.log_sigmoid(x) + (1.0 - t) * jax.nn.log_sigmoid(-x))
+        return jnp.sum(w * (0.25 * t + 0.75 * (1.0 - t)) * q**2 * ce)
+
+    got = jax.grad(lambda w: jl.sigmoid_focal_loss(x, t, weight=w, reduction="sum"))(w)
+    np.testing.assert_allclose(got, jax.grad(naive)(w), rtol=1e-12)
+    np.testing.assert_allclose(got, [0.0251, 0.0106, 0.00045, 0.0620], atol=5e-5)
+
+
+def test_sigmoid_focal_second_derivative_is_finite_at_saturated_logits(x64):
+    """At t = 1 and x >= 44, (1 - p_t)^2 underflows float32; the rule never divides
+    by it. Reference: the loss written as exp(-gamma softplus(x)) softplus(-x), smooth
+    in float64."""
+    x = jnp.array([40.0, 44.0, 50.0, 80.0])
+
+    def ours(x):
+        return jl.sigmoid_focal_loss(x, jnp.ones_like(x), gamma=0.5, alpha=None, reduction="sum")
+
+    def reference(x):
+        return jnp.sum(jnp.exp(-0.5 * jax.nn.softplus(x)) * jax.nn.softplus(-x))
+
+    want = jnp.diag(jax.hessian(reference)(x))
+    got32 = jnp.diag(jax.hessian(ours)(x.astype(jnp.float32)))
+    assert np.all(np.isfinite(got32))
+    np.testing.assert_allclose(got32, want, rtol=1e-5, atol=1e-44)
+    np.testing.assert_allclose(jnp.diag(jax.hessian(ours)(x)), want, rtol=1e-10)
+
+
+def test_sigmoid_focal_infinite_logits_take_their_limits(x64):
+    """Value inf where the cross-entropy is (as BCE with logits), a finite gradient:
+    the saturated limit, alpha_t times (1 on the wrong side, 0 on the right one)."""
+    t = jnp.array([0.0, 1.0, 1.0, 0.0])
+
+    def f(x):
+        return jl.sigmoid_focal_loss(x, t, reduction="sum")
+
+    x = jnp.array([jnp.inf, -jnp.inf, jnp.inf, -jnp.inf])
+    value, grad = jax.value_and_grad(f)(x)
+    assert value == jnp.inf
+    np.testing.assert_allclose(grad, jax.grad(f)(jnp.sign(x) * 800.0), atol=0)
+    np.testing.assert_array_equal(grad, [0.75, -0.25, 0.0, 0.0])
+
+
+def test_softmax_focal_with_a_minus_inf_target_logit_has_cross_entropys_gradient(x64):
+    x, y = jnp.array([[-jnp.inf, 1.0, 0.5]]), jnp.array([0])
+    ce = jax.grad(lambda x: jl.cross_entropy(x, y))(x)
+    np.testing.assert_allclose(jax.grad(lambda x: jl.softmax_focal_loss(x, y, gamma=0.0))(x), ce)
+    assert np.all(np.isfinite(jax.grad(lambda x: jl.softmax_focal_loss(x, y, gamma=2.0))(x)))

@@ -309,3 +309,90 @@ def test_bad_arguments_raise_naming_them(index):
     call, error, message = BAD_CALLS[index]
     with pytest.raises(error, match=re.escape(message)):
         call()
+
+
+def _torch_value_and_grad(fn, scores, *args, **kwargs):
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(np.asarray(scores), dtype=torch.float64, requires_grad=True)
+    value = fn(x, *args, **kwargs)
+    value.backward()
+    return value.detach().numpy(), x.grad.numpy()
+
+
+def test_nan_scores_give_nan_value_and_gradient(x64):
+    """Where PyTorch's value is nan too (hinge_embedding_loss with t = -1), and where
+    it or optax would give a number, the element's value and gradient are nan."""
+    x = jnp.array([jnp.nan, 0.5])
+    elementwise = (
+        lambda x: jl.hinge_loss(x, jnp.ones(2), reduction="none"),
+        lambda x: jl.perceptron_loss(x, -jnp.ones(2), reduction="none"),
+        lambda x: jl.hinge_embedding_loss(x, -jnp.ones(2), reduction="none"),
+    )
+    for loss in elementwise:
+        value, grad = jax.value_and_grad(lambda x: jnp.sum(loss(x)))(x)
+        assert np.isnan(loss(x)[0]) and np.isfinite(loss(x)[1])
+        assert np.isnan(grad[0]) and np.isfinite(grad[1])
+    for loss in (
+        lambda x: jl.multiclass_hinge_loss(x[None], jnp.array([1])),
+        lambda x: jl.multi_margin_loss(x[None], jnp.array([1])),
+    ):
+        value, grad = jax.value_and_grad(loss)(x)
+        assert np.isnan(value) and np.all(np.isnan(grad))
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    value, _ = _torch_value_and_grad(F.hinge_embedding_loss, x, -torch.ones(2), reduction="sum")
+    assert np.isnan(value)
+    value, _ = _torch_value_and_grad(F.multi_margin_loss, x[None], torch.tensor([1]))
+    assert value == 0.0  # PyTorch drops the nan hinges (docs/pytorch.md)
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [
+        (np.inf, 1.0, 0.0),
+        (-np.inf, 0.0, 0.0),
+        (1.0, np.inf, 0.0),
+        (1.0, -np.inf, 0.0),
+        (np.inf, np.inf, 0.0),
+        (-np.inf, -np.inf, 0.0),
+    ],  # fmt: skip
+)
+def test_multilabel_margin_with_infinite_scores(x64, scores):
+    """Target class 0 against classes 1 and 2. Equal to PyTorch wherever no target is
+    paired with a class of the same infinite score; such a pair (inf - inf) is nan
+    here, where PyTorch skips it."""
+    torch = pytest.importorskip("torch")
+    x, y = jnp.array([scores]), jnp.array([[0, -1, 0]])
+    value, grad = jax.value_and_grad(jl.multilabel_margin_loss)(x, y)
+    undefined = np.isinf(scores[0]) and scores[0] == scores[1]
+    if undefined:
+        assert np.isnan(value)
+        return
+    want, want_grad = _torch_value_and_grad(
+        torch.nn.functional.multilabel_margin_loss, x, torch.tensor([[0, -1, 0]])
+    )
+    np.testing.assert_array_equal(value, want)
+    finite = np.isfinite(want_grad)
+    np.testing.assert_allclose(np.asarray(grad)[finite], want_grad[finite], rtol=1e-12)
+
+
+def test_pytorch_shapes_zero_d_and_unbatched_targets(x64):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    cases = [
+        (jl.multi_margin_loss, F.multi_margin_loss, np.array(2.0), np.array(0)),
+        (jl.multi_margin_loss, F.multi_margin_loss, np.array([0.1, 0.2, 0.4]), np.array([1])),
+        (jl.multilabel_margin_loss, F.multilabel_margin_loss, np.array(2.0), np.array(0)),
+    ]
+    for ours, theirs, x, y in cases:
+        for reduction in ("mean", "none"):
+            got = ours(x, y, reduction=reduction)
+            want = theirs(torch.tensor(x), torch.tensor(y), reduction=reduction)
+            assert got.shape == tuple(want.shape), (ours.__name__, x.shape, reduction)
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-12)
+    x, t = np.array([[0.1, -0.7]]), np.array([[0, 1]])
+    np.testing.assert_allclose(
+        jl.multilabel_soft_margin_loss(x, t),
+        F.multilabel_soft_margin_loss(torch.tensor(x), torch.tensor(t)).numpy(),
+        rtol=1e-12,
+    )

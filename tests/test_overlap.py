@@ -225,3 +225,13 @@ def test_bad_arguments_raise_naming_them(index):
     call, error, message = BAD_CALLS[index]
     with pytest.raises(error, match=re.escape(message)):
         call()
+
+
+def test_one_class_with_index_targets_is_refused():
+    """With one class every index would be class 0: a 0/1 label 1 is not silently
+    read as a mask."""
+    with pytest.raises(ValueError, match="with one class"):
+        jl.dice_loss(jnp.array([[0.3], [0.2]]), jnp.array([1, 0]))
+    masks = jnp.array([[1.0], [0.0]])
+    binary = jl.dice_loss(jnp.array([0.3, 0.2]), masks[:, 0], axis=None)
+    np.testing.assert_allclose(jl.dice_loss(jnp.array([[0.3], [0.2]]), masks), binary)

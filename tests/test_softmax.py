@@ -61,3 +61,14 @@ def test_log_sigmoid_gradient_is_the_sigmoid_of_minus_x(x64):
     np.testing.assert_allclose(
         jax.vmap(jax.grad(jl.log_sigmoid))(x), 1 / (1 + jnp.exp(x)), rtol=1e-12
     )
+
+
+def test_zero_d_input_is_one_class_as_in_pytorch():
+    torch = pytest.importorskip("torch")
+    for ours, theirs in ((jl.softmax, torch.softmax), (jl.log_softmax, torch.log_softmax)):
+        for value in (2.0, -jnp.inf, jnp.nan):
+            got = ours(jnp.array(value))
+            want = theirs(torch.tensor(value), 0).item()
+            assert got.shape == ()
+            np.testing.assert_array_equal(got, want)
+        assert jax.grad(ours)(jnp.array(3.0)) == 0.0

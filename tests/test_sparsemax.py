@@ -201,3 +201,20 @@ def test_bad_arguments_raise_naming_them(index):
     call, error, message = BAD_CALLS[index]
     with pytest.raises(error, match=re.escape(message)):
         call()
+
+
+def test_sparsemax_loss_at_infinite_logits_matches_optax(x64):
+    optax = pytest.importorskip("optax")
+    x, t = jnp.array([jnp.inf, -jnp.inf]), jnp.array([1.0, 0.0])
+    value, grad = jax.value_and_grad(lambda x: jl.sparsemax_loss(x, t, reduction="sum"))(x)
+    np.testing.assert_array_equal(value, jnp.sum(optax.losses.sparsemax_loss(x, t)))
+    np.testing.assert_array_equal(grad, [0.0, 0.0])
+
+
+def test_sparsemax_of_a_nan_row_has_a_nan_jacobian():
+    # Forward mode: in reverse mode a nan block of the Jacobian times a zero cotangent
+    # is nan (IEEE), which reaches the other rows as it does for any nan Jacobian.
+    jacobian = jax.jacfwd(jl.sparsemax)(jnp.array([[jnp.nan, 0.5, 0.2], [1.0, 0.8, -1.0]]))
+    assert np.all(np.isnan(jacobian[0, :, 0, :]))
+    np.testing.assert_allclose(jacobian[1, :, 1, :], [[0.5, -0.5, 0], [-0.5, 0.5, 0], [0, 0, 0]])
+    assert np.all(jacobian[1, :, 0, :] == 0)

@@ -199,7 +199,7 @@ def _whole_hidden(w, spread: bool):
     An FSDP-sharded ``w`` (hidden axis split) is gathered once here, before the loops:
     left to the partitioner, the gather would happen in every chunk. Under explicit
     sharding the spec says which axes to gather. Under automatic sharding the layout
-    cannot be seen while tracing: with a mesh set (``jax.set_mesh``) a constraint asks
+    cannot be seen while tracing: with an automatic mesh set (``jax.set_mesh``) a constraint asks
     for the hidden axis whole and leaves the vocabulary axis to the partitioner (a
     no-op for any other layout); with none set there is no mesh to name, and the
     partitioner decides.
@@ -209,6 +209,11 @@ def _whole_hidden(w, spread: bool):
         mesh = jax.sharding.get_abstract_mesh()
         if not spread or mesh.empty:
             return w, lambda g: g
+        if not any(t == jax.sharding.AxisType.Auto for t in mesh.axis_types):
+            # Under an explicit mesh, a w that is not on it (a NumPy array, or one
+            # placed before the mesh was set) is put on it replicated, as it is.
+            replicated = jax.sharding.NamedSharding(mesh, jax.P(None, None))
+            return jax.sharding.reshard(w, replicated), lambda g: g
         whole = jax.sharding.NamedSharding(mesh, jax.P(None, jax.P.UNCONSTRAINED))
         return jax.lax.with_sharding_constraint(w, whole), lambda g: g
     if len(sharding.spec) == 0 or sharding.spec[0] is None:

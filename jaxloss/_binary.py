@@ -9,14 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._reduce import compute_dtype, is_zero, reduce_loss
-
-
-def _times(coefficient, value):
-    """``coefficient * value``, exactly 0 where the coefficient is 0 (``0 * inf = 0``):
-    the limit of each term, so that saturated logits and zero weights give finite
-    losses, while a nan coefficient or a nan value with a nonzero coefficient stays nan."""
-    return jnp.where(coefficient == 0, 0.0, coefficient * value)
+from jaxloss._reduce import compute_dtype, is_zero, reduce_loss, times
 
 
 def _bce_with_logits_terms(x, t, pw):
@@ -32,30 +25,30 @@ def _bce_with_logits_terms(x, t, pw):
     sp_neg, sp_pos = jnp.maximum(-x, 0.0) + tail, jnp.maximum(x, 0.0) + tail
     common = (pw * t + 1.0 - t) * tail
     # One select outermost: XLA's CPU backend computes it in one pass before the sum.
-    loss = jnp.where(x >= 0.0, common + _times(1.0 - t, x), common - _times(pw * t, x))
+    loss = jnp.where(x >= 0.0, common + times(1.0 - t, x), common - times(pw * t, x))
     return sp_neg, sp_pos, loss
 
 
 @jax.custom_jvp
 def _bce_with_logits(x, t, w, pw):
-    return _times(w, _bce_with_logits_terms(x, t, pw)[2])
+    return times(w, _bce_with_logits_terms(x, t, pw)[2])
 
 
 def _bce_with_logits_jvp(primals, tangents):
     x, t, w, pw = primals
     dx, dt, dw, dpw = tangents
     sp_neg, sp_pos, unweighted = _bce_with_logits_terms(x, t, pw)
-    loss = _times(w, unweighted)
+    loss = times(w, unweighted)
     dloss = jnp.zeros_like(loss)
     if not is_zero(dx):
         sig = jax.nn.sigmoid(x)
-        dloss = dloss + _times(w, (1.0 + (pw - 1.0) * t) * sig - pw * t) * dx
+        dloss = dloss + times(w, (1.0 + (pw - 1.0) * t) * sig - pw * t) * dx
     if not is_zero(dt):
-        dloss = dloss + _times(w, pw * sp_neg - sp_pos) * dt
+        dloss = dloss + times(w, pw * sp_neg - sp_pos) * dt
     if not is_zero(dw):
         dloss = dloss + unweighted * dw
     if not is_zero(dpw):
-        dloss = dloss + _times(w * t, sp_neg) * dpw
+        dloss = dloss + times(w * t, sp_neg) * dpw
     return loss, dloss
 
 
@@ -182,7 +175,7 @@ def _bce_probs_terms(p, t):
 
 @jax.custom_jvp
 def _bce_probs(p, t, w):
-    return _times(w, _bce_probs_terms(p, t)[4])
+    return times(w, _bce_probs_terms(p, t)[4])
 
 
 def _bce_probs_jvp(primals, tangents):
@@ -191,15 +184,15 @@ def _bce_probs_jvp(primals, tangents):
     p, t, w = primals
     dp, dt, dw = tangents
     log_p, log_1mp, p_live, q_live, unweighted, valid = _bce_probs_terms(p, t)
-    loss = _times(w, unweighted)
+    loss = times(w, unweighted)
     dloss = jnp.zeros_like(loss)
     nan_outside = lambda g: jnp.where(valid, g, jnp.nan)  # noqa: E731
     if not is_zero(dp):
         inv_p = jnp.where(p_live, 1.0 / jnp.where(p_live, p, 1.0), 0.0)
         inv_q = jnp.where(q_live, 1.0 / jnp.where(q_live, 1.0 - p, 1.0), 0.0)
-        dloss = dloss - _times(w, nan_outside(t * inv_p - (1.0 - t) * inv_q)) * dp
+        dloss = dloss - times(w, nan_outside(t * inv_p - (1.0 - t) * inv_q)) * dp
     if not is_zero(dt):
-        dloss = dloss - _times(w, nan_outside(log_p - log_1mp)) * dt
+        dloss = dloss - times(w, nan_outside(log_p - log_1mp)) * dt
     if not is_zero(dw):
         dloss = dloss + unweighted * dw
     return loss, dloss

@@ -2,9 +2,11 @@
 
 The loss runs the forward recursion of Graves et al. (2006) in log space as a
 ``lax.scan`` over time, over the extended label sequence (a blank before, between
-and after the labels: S' = 2S + 1 states). Its JVP rule runs the backward recursion
-and takes the gradient from the state occupancies, so autodiff never differentiates
-through the scan. The lattice costs O(T B S') memory, never O(T S' C).
+and after the labels: S' = 2S + 1 states), each frame rescaled and each variable kept
+as a float pair (``Pair``) so that float32 loses nothing to their size. Its JVP rule
+takes the gradient from the state occupancies, computed by the smoothing recursion
+from the stored forward variables (``_occupancy``), so autodiff never differentiates
+through the scan at first order. The lattice costs O(T B S') memory, never O(T S' C).
 """
 
 from __future__ import annotations
@@ -24,17 +26,48 @@ from jaxloss._softmax import log_softmax
 from jaxloss._targets import bounded_count, target_codes
 
 
-def _logsumexp3(a, b, c):
-    """log(e^a + e^b + e^c) elementwise: -inf when all three are, nan when one is nan.
+class Pair(NamedTuple):
+    """A log value as the unevaluated sum ``hi + lo`` of two floats: ``lo`` holds what
+    rounding ``hi`` lost. The forward variables are kept so: far below their frame's
+    largest (the states a path reaches only against the odds so far) they are tens of
+    units in size, and float32 rounds them by ~2e-6 at each frame, a perturbation of
+    the emissions larger than their own rounding that the occupancies would carry."""
 
-    The shift is a constant to autodiff (the result does not depend on it), and an
-    empty sum's log is taken at 1, so that higher derivatives of the rule stay finite
-    where a state is unreachable.
-    """
-    top = jax.lax.stop_gradient(jnp.maximum(jnp.maximum(a, b), c))
-    shift = jnp.where(top == -jnp.inf, 0.0, top)
-    total = jnp.exp(a - shift) + jnp.exp(b - shift) + jnp.exp(c - shift)
-    return _log_or_minus_inf(total) + shift
+    hi: jax.Array
+    lo: jax.Array
+
+
+def _two_sum(a, b) -> Pair:
+    """``a + b`` exactly, as a ``Pair`` (Knuth's TwoSum); ``lo`` is 0 where ``hi`` is
+    not finite."""
+    hi = a + b
+    b_part = hi - a
+    lo = (a - (hi - b_part)) + (b - b_part)
+    return Pair(hi, jnp.where(jnp.isfinite(hi), lo, 0.0))
+
+
+def _shifted_pair(pair: Pair, by: int, allowed=True) -> Pair:
+    """The pair of state ``s - by`` at state ``s`` (-inf where not ``allowed``)."""
+    hi = jnp.where(allowed, _shift_right(pair.hi, by), -jnp.inf)
+    return Pair(hi, jnp.where(allowed, _shift_right(pair.lo, by, 0.0), 0.0))
+
+
+def _log_sum(terms, axis=None):
+    """``log sum exp(hi + lo)`` over ``terms`` (a list of pairs, elementwise) or over
+    ``axis`` of one pair, as ``top + log_total``: ``top`` the largest ``hi`` (0 when
+    every term is -inf; a constant to autodiff), ``log_total`` in ``[0, log n]``
+    (``-inf`` for an empty sum, whose log is taken at 1 so that higher derivatives
+    stay finite). nan when a term is."""
+    if axis is None:
+        top = functools.reduce(jnp.maximum, [t.hi for t in terms])
+    else:
+        top = jnp.max(terms.hi, axis=axis, keepdims=True)
+    top = jnp.where(top == -jnp.inf, 0.0, jax.lax.stop_gradient(top))
+    if axis is None:
+        total = sum(jnp.exp((t.hi - top) + t.lo) for t in terms)
+    else:
+        total = jnp.sum(jnp.exp((terms.hi - top) + terms.lo), axis=axis, keepdims=True)
+    return top, _log_or_minus_inf(total)
 
 
 def _log_or_minus_inf(total):
@@ -67,53 +100,45 @@ class Lattice(NamedTuple):
     invalid: jax.Array  # (B,): a label or a length is not valid: the loss is nan
 
 
-def _rescaled(values, active_t):
-    """``values`` shifted so that each row's largest entry is 0, and the shift (0 on an
-    inactive frame, or where no entry is finite).
-
-    The recursions keep their variables near 0 this way, where float32 resolves the
-    differences between states: unscaled, they fall by about log C a frame, and at
-    T = 1000 their rounding (an ulp of ~3000) swamps the occupancies. The shift is a
-    constant to autodiff: the occupancies do not depend on it, and the likelihood
-    adds it back.
-    """
-    top = jax.lax.stop_gradient(jnp.max(values, axis=-1))
-    shift = jnp.where(jnp.isfinite(top) & active_t, top, 0.0)
-    return values - shift[:, None], shift
-
-
 def _forward(emit, lattice: Lattice):
-    """The rescaled log forward variables alpha[t, b, s] (after frame t; each frame's
-    largest is 0), their final value, and the log-likelihood of each sequence.
+    """The log forward variables alpha[t, b, s] (after frame t) as pairs, rescaled so
+    that each frame's largest is about 0, and the log-likelihood of each sequence.
 
     alpha starts from a virtual state before s = 0; a frame that is not active leaves
-    it unchanged.
+    it unchanged. The rescaling keeps the variables small, where float32 resolves the
+    differences between states (unscaled, they fall by about log C a frame); the
+    shift is a constant to autodiff, added back to the likelihood. Only ``top``, a
+    stored ``hi``, is large in ``top + log_total + emit - shift``: the rest is summed
+    first and added to it exactly.
     """
     states = emit.shape[-1]
     # zeros_like of a reduction rather than of emit[0]: T may be 0, and the sharding is kept.
     zero = jnp.zeros_like(emit.sum(0))
-    start = jnp.where(jnp.arange(states) == 0, 0.0, -jnp.inf) + zero
+    start = Pair(jnp.where(jnp.arange(states) == 0, 0.0, -jnp.inf) + zero, zero)
 
     def step(carry, frame):
         alpha, log_scale = carry
         emit_t, active_t = frame
-        two_back = jnp.where(lattice.skip, _shift_right(alpha, 2), -jnp.inf)
-        new, shift = _rescaled(
-            emit_t + _logsumexp3(alpha, _shift_right(alpha, 1), two_back), active_t
-        )
-        alpha = jnp.where(active_t[:, None], new, alpha)
+        terms = [alpha, _shifted_pair(alpha, 1), _shifted_pair(alpha, 2, lattice.skip)]
+        top, log_total = _log_sum(terms)
+        shift = jax.lax.stop_gradient(jnp.max(top + log_total + emit_t, axis=-1))
+        shift = jnp.where(jnp.isfinite(shift) & active_t, shift, 0.0)
+        # emit - shift first: the two are close, and their difference is exact.
+        new = _two_sum(top, (emit_t - shift[:, None]) + log_total)
+        alpha = jax.tree.map(lambda n, a: jnp.where(active_t[:, None], n, a), new, alpha)
         return (alpha, log_scale + shift), alpha
 
     (last, log_scale), alphas = jax.lax.scan(step, (start, zero[:, 0]), (emit, lattice.active))
     return alphas, _final_log_likelihood(last, lattice.final) + log_scale
 
 
-def _final_log_likelihood(last, final):
-    masked = jnp.where(final, last, -jnp.inf)
-    top = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
-    shift = jnp.where(top == -jnp.inf, 0.0, top)
-    total = jnp.sum(jnp.where(final, jnp.exp(masked - shift), 0.0), axis=-1)
-    return _log_or_minus_inf(total) + shift[:, 0]
+def _final_log_likelihood(last: Pair, final):
+    top, log_total = _log_sum(_ending(last, final), axis=-1)
+    return (top + log_total)[:, 0]
+
+
+def _ending(alpha: Pair, final) -> Pair:
+    return Pair(jnp.where(final, alpha.hi, -jnp.inf), jnp.where(final, alpha.lo, 0.0))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -130,45 +155,46 @@ def _finish(nll, invalid, zero_infinity):
     return jnp.where(invalid, jnp.nan, nll)
 
 
-def _split_back(later, alpha, lattice: Lattice):
+def _split_back(later, alpha: Pair, lattice: Lattice):
     """The occupancies of frame t from those of frame t + 1 (``later``): each state's
     share of the paths into a state of frame t + 1 is its forward variable over their
     sum, ``exp(alpha_t(s) - inflow(s'))``. Only these local ratios of the forward
     variables enter, never their sum with backward ones: errors that the forward
     recursion accumulated over many frames cancel in them, as they do in reverse-mode
     autodiff of the forward recursion."""
-    two_back = jnp.where(lattice.skip, _shift_right(alpha, 2), -jnp.inf)
-    inflow = _logsumexp3(alpha, _shift_right(alpha, 1), two_back)
+    terms = [alpha, _shifted_pair(alpha, 1), _shifted_pair(alpha, 2, lattice.skip)]
+    top, log_total = _log_sum(terms)  # the inflow of each state s' of frame t + 1
     skip_from = _shift_left(lattice.skip, 2, False)  # may state s go to s + 2?
 
     def share(by, allowed):
         target = _shift_left(later, by, 0.0)
         on = allowed & (target > 0)
-        gap = jnp.where(on, alpha - _shift_left(inflow, by, 0.0), 0.0)
-        return jnp.where(on, target * jnp.exp(gap), 0.0)
+        gap = (alpha.hi - _shift_left(top, by, 0.0)) + (alpha.lo - _shift_left(log_total, by, 0.0))
+        return jnp.where(on, target * jnp.exp(jnp.where(on, gap, 0.0)), 0.0)
 
     return share(0, True) + share(1, True) + share(2, skip_from)
 
 
-def _occupancy(alphas, lattice: Lattice):
+def _occupancy(alphas: Pair, lattice: Lattice):
     """The occupancy of state s at frame t, the share of the likelihood of the paths
-    through it, from the rescaled forward variables by the smoothing recursion: at a
-    sequence's last active frame the final states' shares, then ``_split_back`` from
-    one active frame to the one before. 0 on frames that are not active."""
+    through it, from the forward variables by the smoothing recursion: at a sequence's
+    last active frame the final states' shares, then ``_split_back`` from one active
+    frame to the one before. 0 on frames that are not active."""
 
     def step(carry, frame):
         later, after = carry  # the occupancies of the next active frame, if any
         alpha, active_t = frame
-        end = _final_log_likelihood(alpha, lattice.final)[:, None]
-        ending = lattice.final & (end > -jnp.inf)
-        ends = jnp.where(ending, jnp.exp(jnp.where(ending, alpha - end, 0.0)), 0.0)
+        top, log_total = _log_sum(_ending(alpha, lattice.final), axis=-1)
+        ending = lattice.final & (log_total > -jnp.inf)
+        gap = (alpha.hi - top) + (alpha.lo - log_total)
+        ends = jnp.where(ending, jnp.exp(jnp.where(ending, gap, 0.0)), 0.0)
         occupancy = jnp.where(after[:, None], _split_back(later, alpha, lattice), ends)
         occupancy = jnp.where(active_t[:, None], occupancy, 0.0)
         carry = (jnp.where(active_t[:, None], occupancy, later), after | active_t)
         return carry, occupancy
 
     # Reductions rather than [0]: T may be 0 (and the sharding is kept).
-    start = (jnp.zeros_like(alphas.sum(0)), jnp.zeros_like(lattice.active.any(0)))
+    start = (jnp.zeros_like(alphas.hi.sum(0)), jnp.zeros_like(lattice.active.any(0)))
     _, occupancies = jax.lax.scan(step, start, (alphas, lattice.active), reverse=True)
     # Each frame's occupancies sum to 1 (every path sits on one state per frame);
     # rounding in the recursion moves the sum by ~1e-5 over a thousand frames, which a
@@ -297,8 +323,9 @@ def ctc_loss(
 
     The sum is the forward recursion over the extended labels $y'$ (a blank
     before, between and after the labels, $2L + 1$ states) in log space.
-    Gradient (the custom JVP rule, from the forward variables $\alpha$ and the
-    backward variables $\beta$):
+    Gradient (the custom JVP rule; mathematically from the forward variables $\alpha$
+    and the backward variables $\beta$, computed by the smoothing recursion from the
+    forward variables alone, as accurate in float32 as autodiff through the scan):
     $\partial\ell/\partial \log p_t(c) = -\sum_{s: y'_s = c}
     e^{\alpha_t(s) + \beta_t(s) + \ell}$, minus the posterior probability of
     class $c$ at frame $t$; it sums to $-1$ over the classes of each frame,
@@ -434,7 +461,11 @@ def ctc_loss_with_paddings(
 
     Returns:
         The ``(B,)`` losses, or a scalar, in the input dtype; nan for a sequence
-        whose labels include ``blank`` or a class outside ``[0, C)``.
+        whose labels include ``blank`` or a class outside ``[0, C)``, and for one
+        whose traced ``label_paddings`` are not 0s then 1s (known ones raise
+        ``ValueError``). An impossible alignment is ``inf`` (0 with
+        ``zero_infinity``), with a nan gradient on every class of its frames (the
+        posterior is 0/0, and the log-softmax spreads it).
 
     Examples:
         >>> import jax, jax.numpy as jnp

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._binary import _bce_with_logits_terms, _binary_targets, _elementwise_weight, _times
-from jaxloss._reduce import compute_dtype, is_zero, reduce_loss, reduce_tokens
+from jaxloss._binary import _bce_with_logits_terms, _binary_targets, _elementwise_weight
+from jaxloss._reduce import compute_dtype, is_zero, reduce_loss, reduce_tokens, times
 from jaxloss._softmax import max_and_sum_exp
 from jaxloss._targets import resolve_targets
 from jaxloss._xent import (
@@ -54,7 +54,7 @@ def _modulation(kind: str, log_p, param):
     scale = jnp.power(u, param)
     ratio = jnp.where(u > 0, -log_p / jnp.where(u > 0, u, 1.0), 1.0)
     # p r = -p log p / u tends to 0 as p -> 0: a -inf logit gives 0, not 0 * inf.
-    return scale * -log_p, scale * (1.0 + param * _times(p, ratio))
+    return scale * -log_p, scale * (1.0 + param * times(p, ratio))
 
 
 def _modulated_terms(x, a, kind, param):
@@ -400,7 +400,7 @@ def _sigmoid_focal_terms(x, t, pw, gamma, exponent):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
 def _sigmoid_focal(x, t, balance, pw, gamma, exponent: int | None):
     factor, ce, _ = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
-    return _times(balance, _times(factor, ce))
+    return times(balance, times(factor, ce))
 
 
 def _sigmoid_focal_jvp(exponent, primals, tangents):
@@ -410,14 +410,14 @@ def _sigmoid_focal_jvp(exponent, primals, tangents):
     x, t, balance, pw, gamma = primals
     dx, _, dbalance, _, _ = tangents
     factor, ce, ratio = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
-    focal = _times(factor, ce)
-    loss = _times(balance, focal)
+    focal = times(factor, ce)
+    loss = times(balance, focal)
     dloss = jnp.zeros_like(loss)
     if not is_zero(dx):
         s, s_bar = jax.nn.sigmoid(x), jax.nn.sigmoid(-x)
         dce = (1.0 - t) * s - pw * t * s_bar  # no cancellation as s -> 1
-        slope = _times(factor, gamma * _times(ratio, ce) + dce)
-        dloss = dloss + _times(balance, slope) * dx
+        slope = times(factor, gamma * times(ratio, ce) + dce)
+        dloss = dloss + times(balance, slope) * dx
     if not is_zero(dbalance):
         dloss = dloss + focal * dbalance
     return loss, dloss

@@ -56,7 +56,7 @@ def _multi_margin(x, targets, weight, margin, *, p, reduction):
     x, margin = x.astype(dtype), jnp.asarray(margin, dtype)
     num_classes = x.shape[-1]
     target = class_index(targets, num_classes)
-    safe = target.index
+    safe = target.class_index
     scale = jnp.ones_like(x[..., 0]) if weight is None else weight.astype(dtype)[safe]
     # An element of zero weight adds exactly 0, whatever its scores hold.
     x = jnp.where((scale != 0)[..., None], x, 0.0)
@@ -156,9 +156,9 @@ def _multiclass_margin(scores, labels, *, reduction, margin):
     out_dtype, dtype = scores.dtype, compute_dtype(scores.dtype)
     num_classes = scores.shape[-1]
     label = class_index(labels, num_classes)
-    bonus = jnp.where(jnp.arange(num_classes) == label.index[..., None], 0.0, margin)
+    bonus = jnp.where(jnp.arange(num_classes) == label.class_index[..., None], 0.0, margin)
     scores = poison(scores.astype(dtype), ~label.valid)
-    loss = _top_minus_target(scores, label.index, bonus.astype(dtype))
+    loss = _top_minus_target(scores, label.class_index, bonus.astype(dtype))
     return reduce_loss(loss, reduction).astype(out_dtype)
 
 

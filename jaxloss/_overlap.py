@@ -60,7 +60,7 @@ def _target_mass(targets, shape, classes_axis: int | None, dtype):
     num_classes = shape[-1]
     if jnp.issubdtype(targets.dtype, jnp.integer) and targets.ndim < len(shape):
         label = class_index(targets, num_classes)
-        one_hot = jnp.arange(num_classes) == label.index[..., None]
+        one_hot = jnp.arange(num_classes) == label.class_index[..., None]
         return jnp.where(label.valid[..., None], one_hot, jnp.nan).astype(dtype)
     if classes_axis is None or targets.ndim < len(shape):
         return targets.astype(dtype)[..., None]

@@ -53,6 +53,13 @@ def class_weight_of(weight: jax.Array, index: jax.Array) -> jax.Array:
     return weight.at[index].get(out_sharding=sharding)
 
 
+def times(coefficient, value):
+    """``coefficient * value``, exactly 0 where the coefficient is 0 (``0 * inf = 0``):
+    the limit of each term, so that saturated logits and zero weights give finite
+    losses, while a nan coefficient or a nan value with a nonzero coefficient stays nan."""
+    return jnp.where(coefficient == 0, 0.0, coefficient * value)
+
+
 def poison(x: jax.Array, bad: jax.Array) -> jax.Array:
     """``x`` with nan where ``bad`` (broadcast over trailing axes): added rather than
     selected, so that the gradient of those entries is nan too, not 0."""

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._binary import _times
-from jaxloss._reduce import compute_dtype, is_zero, poison, reduce_loss
+from jaxloss._reduce import compute_dtype, is_zero, poison, reduce_loss, times
 from jaxloss._targets import class_index
 
 
@@ -103,7 +102,7 @@ def _binary_sparsemax(x, t):
     (1 - t) x for x >= 1, written per piece so that t = 1 cancels nothing (and a
     zero coefficient of an infinite logit is 0)."""
     middle = (x + 1.0) ** 2 / 4.0 - t * x
-    return jnp.where(x >= 1.0, _times(1.0 - t, x), jnp.where(x <= -1.0, -_times(t, x), middle))
+    return jnp.where(x >= 1.0, times(1.0 - t, x), jnp.where(x <= -1.0, -times(t, x), middle))
 
 
 def _binary_sparsemax_jvp(primals, tangents):
@@ -195,7 +194,7 @@ def _multiclass_sparsemax(scores, labels, *, reduction):
     dtype = compute_dtype(scores.dtype)
     label = class_index(labels, scores.shape[-1])
     x = poison(scores.astype(dtype), ~label.valid)  # nan value and gradient
-    loss = _multiclass_fenchel_young(x, label.index)
+    loss = _multiclass_fenchel_young(x, label.class_index)
     return reduce_loss(loss, reduction).astype(scores.dtype)
 
 

@@ -52,7 +52,7 @@ resolve_targets = jax.jit(target_codes, static_argnums=(1, 2))
 class ClassIndex(NamedTuple):
     """Class indices without an ignored value, resolved (from ``class_index``)."""
 
-    index: jax.Array  # int32 class, 0 where out of range (safe to gather)
+    class_index: jax.Array  # int32 class, 0 where out of range (safe to gather)
     valid: jax.Array  # the target is in [0, C); elsewhere the element is nan
 
 
@@ -66,4 +66,4 @@ def bounded_count(values: jax.Array, limit: int) -> tuple[jax.Array, jax.Array]:
     """Counts (lengths) of any integer dtype as int32, with whether each is in
     ``[0, limit]``; 0 where it is not."""
     resolved = class_index(values, limit + 1)
-    return resolved.index, resolved.valid
+    return resolved.class_index, resolved.valid

@@ -430,3 +430,86 @@ def test_a_wide_label_never_wraps_into_a_class(x64):
     labels = np.array([[2**32 + 1], [1]], np.int64)
     loss = jl.ctc_loss(np.zeros((3, 2, 4)), labels, [3, 3], [1, 1], reduction="none")
     assert np.isnan(loss[0]) and np.isfinite(loss[1])
+
+
+def _float32_gradient_error(fn, logits, labels):
+    """The largest relative error of the float32 gradient of the summed loss with
+    respect to the logits, against float64, over entries above 1e-3."""
+
+    def gradient(dtype):
+        z = jnp.asarray(logits, dtype)
+        pads, label_pads = jnp.zeros(z.shape[:2], dtype), jnp.zeros(labels.shape, dtype)
+        step = jax.jit(jax.grad(lambda z: fn(z, pads, jnp.asarray(labels), label_pads).sum()))
+        return np.asarray(step(z), np.float64)
+
+    exact = gradient(jnp.float64)
+    big = np.abs(exact) > 1e-3
+    return float(np.max(np.abs(gradient(jnp.float32) - exact)[big] / np.abs(exact)[big]))
+
+
+@pytest.mark.exhaustive(quick_cases=1)
+@pytest.mark.parametrize("frames", [200, 50, 1000, 2000])
+def test_float32_gradient_is_as_accurate_as_optax(x64, frames):
+    """C = 30 classes, labels a third of the frames long: no more than twice optax's
+    error (autodiff through its scan) or 1e-4, whichever is larger."""
+    optax = pytest.importorskip("optax")
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, frames, 30))
+    labels = rng.integers(1, 30, (2, frames // 3))
+    ours = _float32_gradient_error(jl.ctc_loss_with_paddings, logits, labels)
+    theirs = _float32_gradient_error(optax.ctc_loss, logits, labels)
+    assert ours <= max(2 * theirs, 1e-4), (ours, theirs)
+
+
+def test_each_frames_occupancies_sum_to_one_in_float32():
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((1000, 1, 30))
+    log_probs = jnp.asarray(z - np.log(np.exp(z).sum(-1, keepdims=True)), jnp.float32)
+    labels = jnp.asarray(rng.integers(1, 30, (1, 333)))
+    grad = jax.grad(lambda lp: jl.ctc_loss(lp, labels, jnp.array([1000]), jnp.array([333]),
+                                           reduction="sum"))(log_probs)  # fmt: skip
+    np.testing.assert_allclose(grad.sum(-1), -1.0, atol=1e-6)
+
+
+def test_padded_frames_are_not_read():
+    """A nan logit on a padded frame changes neither the loss nor the gradient, which
+    is 0 on that frame (the log-softmax of a padded frame is not formed)."""
+    z = jnp.asarray(np.random.default_rng(2).standard_normal((1, 4, 5)), jnp.float32)
+    paddings, labels = jnp.array([[0.0, 0.0, 0.0, 1.0]]), jnp.array([[1, 2]])
+
+    def f(z):
+        return jl.ctc_loss_with_paddings(z, paddings, labels, jnp.zeros((1, 2))).sum()
+
+    clean_value, clean_grad = jax.value_and_grad(f)(z)
+    value, grad = jax.value_and_grad(f)(z.at[0, 3].set(jnp.nan))
+    np.testing.assert_array_equal(value, clean_value)
+    np.testing.assert_array_equal(grad, clean_grad)
+    assert np.all(grad[0, 3] == 0)
+
+
+def test_an_impossible_alignment_reads_nothing_of_the_target_padding():
+    """Three repeats of class 1 need five frames: with four, the loss is inf and the
+    gradient nan on the blank and class 1, and 0 on class 4, which occurs only past the
+    target length."""
+    z = np.random.default_rng(3).standard_normal((4, 1, 5))
+    log_probs = jnp.asarray(z - np.log(np.exp(z).sum(-1, keepdims=True)))
+    targets = jnp.array([[1, 1, 1, 4]])
+
+    def f(lp):
+        return jl.ctc_loss(lp, targets, jnp.array([4]), jnp.array([3]), reduction="sum")
+
+    value, grad = jax.value_and_grad(f)(log_probs)
+    assert value == jnp.inf
+    assert np.all(np.isnan(grad[:, 0, :2])) and np.all(grad[:, 0, 2:] == 0)
+
+
+def test_traced_label_paddings_that_are_not_right_padded_give_nan():
+    """Checked when known (ValueError); under jit the sequence's loss is nan."""
+    z = jnp.asarray(np.random.default_rng(4).standard_normal((2, 4, 5)), jnp.float32)
+    labels, frames = jnp.array([[1, 2], [3, 4]]), jnp.zeros((2, 4))
+    with pytest.raises(ValueError, match="right-padded"):
+        jl.ctc_loss_with_paddings(z, frames, labels, jnp.array([[1.0, 0.0], [0.0, 0.0]]))
+    loss = jax.jit(lambda p: jl.ctc_loss_with_paddings(z, frames, labels, p))(
+        jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    )
+    assert np.isnan(loss[0]) and np.isfinite(loss[1])

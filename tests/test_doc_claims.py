@@ -639,16 +639,18 @@ def chunk_buffers_with_options():
 
 @claim(
     "docs/backends.md",
-    "| 2026-12-01 | CPU | as above | as above | `python -m jaxloss.benchmark losses` and `ctc` |",
+    "| 2026-12-04 | CPU | as above | as above | `python -m jaxloss.benchmark ctc` |",
+    "| 2026-12-01 | CPU | as above | as above | `python -m jaxloss.benchmark losses` |",
     "| 2026-11-30 | CPU | as above | as above | `python -m jaxloss.benchmark linear` and `lm` |",
 )
 def benchmark_dates_are_the_measurements():
     dates = {"cpu-losses.json": "2026-12-01", "cpu-linear.json": "2026-11-30"}
-    dates["cpu-ctc.json"] = "2026-12-01"
+    dates["cpu-ctc.json"] = "2026-12-04"
     dates["cpu-lm.json"] = "2026-11-30"
     for name, date in dates.items():
         assert json.loads((DOCS / "measurements" / name).read_text())["environment"]["date"] == date
     assert "2026-12-01, cpu (cpu x1, x86_64)" in _page("docs/benchmarks.md")
+    assert "2026-12-04, cpu (cpu x1, x86_64)" in _page("docs/benchmarks.md")
     assert "2026-11-30, cpu (cpu x1, x86_64)" in _page("docs/large-vocab.md")
 
 
@@ -1053,6 +1055,7 @@ def optax_translation_table():
 LAYERS = {
     "_checks": 0,
     "_reduce": 0,
+    "_targets": 0,
     "_softmax": 1,
     "_xent": 2,
     "_classification": 3,
@@ -1071,7 +1074,7 @@ LAYERS = {
 
 @claim(
     "docs/architecture.md",
-    "Imports run one way: `_checks` and `_reduce` at the bottom, then `_softmax`, then",
+    "Imports run one way: `_checks`, `_reduce` and `_targets` at the bottom, then `_softmax`, then",
     "`_xent`, then the fused engine (`_fused/`) and the public loss modules, which import",
     "nothing from each other, except `_linear` and `_distill`, the engine's two heads, and",
     "`_focal` and `_margin`, which build on `_binary`'s terms; those four sit above the rest.",

@@ -701,6 +701,89 @@ def hinge_embedding_other_targets(torch):
     np.testing.assert_allclose([theirs[0], ours[0]], [want, want], rtol=1e-14)
 
 
+def _torch_value_and_grad(torch, name, scores, *args, **kwargs):
+    x = torch.tensor(np.asarray(scores), dtype=torch.float64, requires_grad=True)
+    value = getattr(torch.nn.functional, name)(x, *args, **kwargs)
+    value.backward()
+    return value.detach().numpy(), x.grad.numpy()
+
+
+@row("a `nan` score in `multi_margin_loss` or `multilabel_margin_loss`")
+def margin_nan_scores(torch):
+    x = np.array([[np.nan, 0.5, 0.2]])
+    for name, y in (("multi_margin_loss", [0]), ("multilabel_margin_loss", [[0, -1, 0]])):
+        value, _ = _torch_value_and_grad(torch, name, x, torch.tensor(y))
+        assert np.isfinite(value), name
+        ours, grad = jax.value_and_grad(getattr(jl, name))(jnp.asarray(x), jnp.array(y))
+        assert np.isnan(ours) and np.all(np.isnan(grad)), name
+    value, _ = _torch_value_and_grad(torch, "multi_margin_loss", x, torch.tensor([0]))
+    assert value == 0.0  # the nan is the target's score: every hinge reads it
+
+
+@row("gradient of `hinge_embedding_loss` at a `nan` input")
+def hinge_embedding_nan(torch):
+    x = np.array([np.nan, 0.5])
+    value, grad = _torch_value_and_grad(
+        torch, "hinge_embedding_loss", x, -torch.ones(2, dtype=torch.float64), reduction="sum"
+    )
+    assert np.isnan(value) and grad[0] == 0.0
+
+    def ours(x):
+        return jl.hinge_embedding_loss(x, -jnp.ones(2), reduction="sum")
+
+    value, grad = jax.value_and_grad(ours)(jnp.asarray(x))
+    assert np.isnan(value) and np.isnan(grad[0]) and grad[1] == -1.0
+
+
+@row(
+    "`multilabel_margin_loss` with a target class and a class that is not one both `+inf`, "
+    "or both `-inf`"
+)
+def multilabel_margin_infinite_scores(torch):
+    """Target class 0 against classes 1 and 2: PyTorch's value and gradient wherever no
+    target shares an infinite score with a class that is not one; nan where one does."""
+    inf = np.inf
+    y = [[0, -1, 0]]
+    for scores in ((inf, 1.0, 0.0), (-inf, 0.0, 0.0), (1.0, inf, 0.0), (1.0, -inf, 0.0),
+                   (inf, inf, 0.0), (-inf, -inf, 0.0)):  # fmt: skip
+        x = np.array([scores])
+        ours, grad = jax.value_and_grad(jl.multilabel_margin_loss)(jnp.asarray(x), jnp.array(y))
+        want, want_grad = _torch_value_and_grad(torch, "multilabel_margin_loss", x,
+                                                torch.tensor(y))  # fmt: skip
+        if np.isinf(scores[0]) and scores[0] == scores[1]:
+            assert np.isnan(ours) and not np.isnan(want), scores
+            continue
+        np.testing.assert_array_equal(ours, want)
+        finite = np.isfinite(want_grad)
+        np.testing.assert_allclose(np.asarray(grad)[finite], want_grad[finite], rtol=1e-6)
+
+
+@row(
+    "a 0-d input to `softmax`, `log_softmax`, `multi_margin_loss` or "
+    "`multilabel_margin_loss`; `(C,)` scores with a `(1,)` target in `multi_margin_loss`; "
+    "integer 0/1 targets in `multilabel_soft_margin_loss`"
+)
+def pytorch_shapes(torch):
+    F = torch.nn.functional
+    for ours, theirs in ((jl.softmax, torch.softmax), (jl.log_softmax, torch.log_softmax)):
+        got, want = ours(jnp.array(2.0)), theirs(torch.tensor(2.0, dtype=torch.float64), 0)
+        assert got.shape == () and float(got) == want.item()
+    cases = [
+        ("multi_margin_loss", np.array(2.0), np.array(0)),
+        ("multi_margin_loss", np.array([0.1, 0.2, 0.4]), np.array([1])),
+        ("multilabel_margin_loss", np.array(2.0), np.array(0)),
+    ]
+    for name, x, y in cases:
+        for reduction in ("mean", "none"):
+            got = getattr(jl, name)(x, y, reduction=reduction)
+            want = getattr(F, name)(torch.tensor(x), torch.tensor(y), reduction=reduction)
+            assert got.shape == tuple(want.shape), (name, x.shape, reduction)
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+    x, t = np.array([[0.1, -0.7]]), np.array([[0, 1]])
+    want = F.multilabel_soft_margin_loss(torch.tensor(x), torch.tensor(t)).numpy()
+    np.testing.assert_allclose(jl.multilabel_soft_margin_loss(x, t), want, rtol=1e-6)
+
+
 CHECKS = {situation: check for check, situation in _ROWS}
 
 

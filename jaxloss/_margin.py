@@ -88,7 +88,9 @@ def _multilabel_margin(x, targets, *, reduction):
     # z[..., j, i] = 1 - (x_j - x_i): target j against every class i that is not one.
     z = 1.0 - x[..., :, None] + x[..., None, :]
     pairs = counts[..., :, None] * (counts[..., None, :] == 0)
-    # Only pairs are read: an infinite score makes other entries of z nan.
+    # Only pairs are read (an infinite score makes other entries of z nan), but an
+    # invalid row reads all of its nan scores, even with no valid target left.
+    pairs = jnp.where(valid[..., None, None], pairs, 1.0)
     hinges = _hinge(jnp.where(pairs > 0, z, 0.0), 1, False)
     loss = jnp.sum(pairs * hinges, axis=(-2, -1)) / num_classes
     return reduce_loss(loss, reduction).astype(out_dtype)

@@ -218,9 +218,14 @@ def _out_of_range_labels(entry, args):
         values.append(-3)
     for value in values:
         first = labels.copy()
-        first[0, ...] = labels[0, ...]
         first.reshape(labels.shape[0], -1)[0, 0] = value
         yield value, {**args, key: jnp.asarray(first)}
+        if labels.ndim == 2 and jnp.iinfo(labels.dtype).min < 0:
+            # A list whose only entry is out of range (the rest ended by -1).
+            alone = labels.copy()
+            alone[0] = -1
+            alone[0, 0] = value
+            yield value, {**args, key: jnp.asarray(alone)}
 
 
 @pytest.mark.parametrize("entry", INDEXED, ids=NAMES)

@@ -12,16 +12,17 @@ from jaxloss import _checks
 from jaxloss._reduce import compute_dtype, is_zero, reduce_loss, times
 
 
-def _bce_with_logits_terms(x, t, pw):
+def _bce_with_logits_terms(x, t, pw, tail=None):
     """``softplus(-x)``, ``softplus(x)`` and ``pw t softplus(-x) + (1 - t) softplus(x)``.
 
     With ``softplus(+-x) = relu(+-x) + log1p(exp(-|x|))`` the loss is
     ``(pw t + 1 - t) log1p(exp(-|x|))`` plus ``(1 - t) x`` for ``x >= 0`` or
     ``-pw t x`` for ``x < 0``: one exponential and one log, and for targets in [0, 1]
     a sum of terms of one sign (no cancellation). An infinite logit times a zero
-    coefficient adds 0, its limit.
+    coefficient adds 0, its limit. ``tail`` is ``log1p(exp(-|x|))`` if the caller has it.
     """
-    tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
+    if tail is None:
+        tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
     sp_neg, sp_pos = jnp.maximum(-x, 0.0) + tail, jnp.maximum(x, 0.0) + tail
     common = (pw * t + 1.0 - t) * tail
     # One select outermost: XLA's CPU backend computes it in one pass before the sum.

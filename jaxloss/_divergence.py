@@ -30,9 +30,10 @@ def _kl_pointwise(log_input, target, log_target):
     return jnp.where(absent, _absent_term(log_input), target * (jnp.log(safe_target) - log_input))
 
 
-def _nan_where_nan(loss, slope):
-    """The term is linear in log_input, but a nan term has a nan gradient too."""
-    return jnp.where(jnp.isnan(loss), jnp.nan, slope)
+def _nan_where_nan(log_input, slope):
+    """The term is linear in log_input, but a nan log_input has a nan gradient too
+    (judged from the input, which the rule reads anyway: no pass over the loss)."""
+    return jnp.where(jnp.isnan(log_input), jnp.nan, slope)
 
 
 def _kl_pointwise_jvp(log_target, primals, tangents):
@@ -46,7 +47,8 @@ def _kl_pointwise_jvp(log_target, primals, tangents):
         if not is_zero(dlog_input):
             dloss = (
                 dloss
-                - _nan_where_nan(loss, jnp.where(absent, _absent_term(log_input), p)) * dlog_input
+                - _nan_where_nan(log_input, jnp.where(absent, _absent_term(log_input), p))
+                * dlog_input
             )
         if not is_zero(dtarget):
             slope = jnp.where(absent, 0.0, p * (target - log_input + 1.0))
@@ -54,7 +56,7 @@ def _kl_pointwise_jvp(log_target, primals, tangents):
         return loss, dloss
     absent = target == 0
     if not is_zero(dlog_input):
-        slope = _nan_where_nan(loss, jnp.where(absent, _absent_term(log_input), target))
+        slope = _nan_where_nan(log_input, jnp.where(absent, _absent_term(log_input), target))
         dloss = dloss - slope * dlog_input
     if not is_zero(dtarget):
         # d/dt [t log t - t x] = log t + 1 - x. At t = 0 it is -inf (one-sided); the rule

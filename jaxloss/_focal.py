@@ -20,7 +20,7 @@ from jax.typing import ArrayLike
 from jaxloss import _checks
 from jaxloss._binary import _bce_with_logits_terms, _binary_targets, _elementwise_weight
 from jaxloss._reduce import compute_dtype, is_zero, reduce_loss, reduce_tokens, times
-from jaxloss._softmax import max_and_sum_exp
+from jaxloss._softmax import _log_sigmoid, max_and_sum_exp
 from jaxloss._targets import resolve_targets
 from jaxloss._xent import (
     IndexTargets,
@@ -367,39 +367,40 @@ def integer_exponent(gamma) -> int | None:
     return None
 
 
-def _focal_factor(log_q, gamma, exponent: int | None):
-    """``q^gamma`` from ``log q``: 1 at ``gamma = 0`` even where ``q = 0``."""
-    if exponent is not None:
-        return jax.lax.integer_pow(jnp.exp(log_q), exponent)
-    off = gamma == 0
-    return jnp.where(off, 1.0, jnp.exp(jnp.where(off, 1.0, gamma) * log_q))
-
-
 def _sigmoid_focal_terms(x, t, pw, gamma, exponent):
-    """``log q`` with ``q = 1 - p_t``, the focal factor ``q^gamma``, the cross-entropy,
-    and ``s (1 - s)(1 - 2t) / q``, the ratio in the gradient.
+    """The focal factor ``q^gamma`` with ``q = 1 - p_t``, the cross-entropy, the ratio
+    ``s (1 - s)(1 - 2t) / q`` of the gradient, ``s = sigmoid(x)`` and ``1 - s``.
 
-    With ``e = exp(-|x|)``, ``q = (c + (1 - c) e) / (1 + e)``, where ``c = 1 - t`` for
-    ``x >= 0`` and ``c = t`` otherwise, and the ratio is
-    ``(1 - 2t) e / ((1 + e)(c + (1 - c) e))``. Neither divides by ``q`` nor takes the
-    log of an underflowed one: at ``c = 0`` (a hard target on the saturated side)
-    ``log q = -|x| - log1p(e)`` and the ratio is ``(1 - 2t) / (1 + e)``. So every
-    derivative stays finite at any finite logit, and the limits hold at infinite ones.
+    With ``hi`` and ``lo`` the larger and the smaller of ``s`` and ``1 - s``
+    (``1 / (1 + e)`` and ``e / (1 + e)``, ``e = exp(-|x|)``) and ``c = 1 - t`` for
+    ``x >= 0``, ``c = t`` otherwise: ``q = c hi + (1 - c) lo``, and the ratio is
+    ``(1 - 2t) lo / m`` with ``m = c + (1 - c) lo / hi`` (``q / hi``). Neither divides by
+    ``q`` nor takes the log of an underflowed one: at ``c = 0`` (a hard target on the
+    saturated side) ``q = lo``, ``log q = log_sigmoid(-|x|)`` and the ratio is
+    ``(1 - 2t) hi``. So every derivative stays finite at any finite logit, and the
+    limits hold at infinite ones.
     """
-    ax = jnp.where(x >= 0, x, -x)  # |x|, with the slope of the x >= 0 side at 0
-    e = jnp.exp(-ax)
-    c = jnp.where(x >= 0, 1.0 - t, t)
+    s, s_bar = jax.nn.sigmoid(x), jax.nn.sigmoid(-x)
+    positive = x >= 0
+    hi, lo = jnp.where(positive, s, s_bar), jnp.where(positive, s_bar, s)
+    c = jnp.where(positive, 1.0 - t, t)
     hard = c == 0
-    mixed = jnp.where(hard, 1.0, c + (1.0 - c) * e)
-    log_q = jnp.where(hard, -ax, jnp.log(mixed)) - jnp.log1p(e)
-    ratio = (1.0 - 2.0 * t) * jnp.where(hard, 1.0, e / mixed) / (1.0 + e)
+    mixed = jnp.where(hard, 1.0, c + (1.0 - c) * lo / hi)
+    ratio = (1.0 - 2.0 * t) * jnp.where(hard, hi, lo / mixed)
+    if exponent is not None:  # q itself: a product, no log or exp
+        factor = jax.lax.integer_pow(c * hi + (1.0 - c) * lo, exponent)
+    else:
+        ax = jnp.where(positive, x, -x)  # |x|, with the slope of the x >= 0 side at 0
+        log_q = jnp.where(hard, 0.0, jnp.log(mixed)) + _log_sigmoid(jnp.where(hard, -ax, ax))
+        off = gamma == 0  # q^0 = 1, even where q = 0
+        factor = jnp.where(off, 1.0, jnp.exp(jnp.where(off, 1.0, gamma) * log_q))
     ce = _bce_with_logits_terms(x, t, pw)[2]
-    return _focal_factor(log_q, gamma, exponent), ce, ratio
+    return factor, ce, ratio, s, s_bar
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
 def _sigmoid_focal(x, t, balance, pw, gamma, exponent: int | None):
-    factor, ce, _ = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
+    factor, ce, *_ = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
     return times(balance, times(factor, ce))
 
 
@@ -409,12 +410,11 @@ def _sigmoid_focal_jvp(exponent, primals, tangents):
     # [0, 1]): finite for every gamma >= 0, and 0 where q = 0. d/d balance = q^gamma ce.
     x, t, balance, pw, gamma = primals
     dx, _, dbalance, _, _ = tangents
-    factor, ce, ratio = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
+    factor, ce, ratio, s, s_bar = _sigmoid_focal_terms(x, t, pw, gamma, exponent)
     focal = times(factor, ce)
     loss = times(balance, focal)
     dloss = jnp.zeros_like(loss)
     if not is_zero(dx):
-        s, s_bar = jax.nn.sigmoid(x), jax.nn.sigmoid(-x)
         dce = (1.0 - t) * s - pw * t * s_bar  # no cancellation as s -> 1
         slope = times(factor, gamma * times(ratio, ce) + dce)
         dloss = dloss + times(balance, slope) * dx

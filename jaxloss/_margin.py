@@ -21,9 +21,10 @@ from jax.typing import ArrayLike
 
 from jaxloss import _checks
 from jaxloss._binary import _bce_with_logits
-from jaxloss._reduce import compute_dtype, poison, reduce_loss
+from jaxloss._reduce import class_weight_of, compute_dtype, poison, reduce_loss, whole_last_axis
 from jaxloss._softmax import _log_sigmoid
 from jaxloss._targets import IGNORED, class_index, target_codes
+from jaxloss._xent import target_logit
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
@@ -46,8 +47,9 @@ def _hinge_jvp(power, slope_at_zero, primals, tangents):
 
 
 def _pick(x, index):
-    """``x[..., index]`` for int32 indices in range (``class_index`` resolves them)."""
-    return jnp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
+    """``x[..., index]`` for int32 indices in range (``class_index`` resolves them),
+    partitioned where the classes are sharded (``target_logit``)."""
+    return target_logit(x, index)
 
 
 @functools.partial(jax.jit, static_argnames=("p", "reduction"))
@@ -57,7 +59,9 @@ def _multi_margin(x, targets, weight, margin, *, p, reduction):
     num_classes = x.shape[-1]
     target = class_index(targets, num_classes)
     safe = target.class_index
-    scale = jnp.ones_like(x[..., 0]) if weight is None else weight.astype(dtype)[safe]
+    scale = (
+        jnp.ones_like(x[..., 0]) if weight is None else class_weight_of(weight.astype(dtype), safe)
+    )
     # An element of zero weight adds exactly 0, whatever its scores hold.
     x = jnp.where((scale != 0)[..., None], x, 0.0)
     scale = jnp.where(target.valid, scale / num_classes, jnp.nan)
@@ -81,7 +85,7 @@ def _target_counts(targets, num_classes: int):
 @functools.partial(jax.jit, static_argnames=("reduction",))
 def _multilabel_margin(x, targets, *, reduction):
     out_dtype, dtype = x.dtype, compute_dtype(x.dtype)
-    x = x.astype(dtype)
+    x = whole_last_axis(x.astype(dtype))  # every pair of classes
     num_classes = x.shape[-1]
     counts, valid = _target_counts(targets, num_classes)
     x = poison(x, ~valid)

@@ -33,6 +33,17 @@ def explicit_sharding(x):
     return None
 
 
+def whole_last_axis(x):
+    """``x`` with its last (class) axis whole on every device: under explicit sharding
+    a class-sharded ``x`` is gathered (a sort or all-pairs computation needs every
+    class); unchanged otherwise, where the partitioner decides."""
+    sharding = explicit_sharding(x)
+    if sharding is None or sharding.spec[-1:] in ((), (None,)) or len(sharding.spec) < x.ndim:
+        return x
+    spec = jax.P(*tuple(sharding.spec)[:-1], None)
+    return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh, spec))
+
+
 def like_tokens(values, x):
     """Per-token arrays (``x.shape[:-1]``: targets, token weights, segment ids) with the
     token sharding of ``x`` under explicit sharding, where a replicated one would not

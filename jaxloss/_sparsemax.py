@@ -10,14 +10,15 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._reduce import compute_dtype, is_zero, poison, reduce_loss, times
+from jaxloss._reduce import compute_dtype, is_zero, poison, reduce_loss, times, whole_last_axis
 from jaxloss._targets import class_index
+from jaxloss._xent import target_logit
 
 
 def _threshold(x):
     """The tau of ``max(x - tau, 0)`` summing to 1 along the last axis (the first axis
     of ``x`` sorted in decreasing order whose prefix keeps ``1 + k z_k > sum z_{<=k}``)."""
-    z = jnp.flip(jnp.sort(x, axis=-1), axis=-1)
+    z = jnp.flip(jnp.sort(whole_last_axis(x), axis=-1), axis=-1)
     prefix = jnp.cumsum(z, axis=-1)
     k = jnp.arange(1, x.shape[-1] + 1, dtype=x.dtype)
     size = jnp.sum(1.0 + k * z > prefix, axis=-1, keepdims=True)
@@ -171,7 +172,7 @@ def sparsemax_loss(logits: ArrayLike, targets: ArrayLike, *, reduction: str = "m
 
 def _fenchel_young_value(x, labels, p):
     """sum_i p_i (x_i - x_y) + (1 - |p|^2) / 2, for p = sparsemax(x) and labels in range."""
-    x_y = jnp.take_along_axis(x, labels[..., None], axis=-1)
+    x_y = target_logit(x, labels)[..., None]
     gap = jnp.sum(jnp.where(p > 0, p * (x - x_y), 0.0), axis=-1)
     return gap + 0.5 * (1.0 - jnp.sum(p * p, axis=-1))
 

@@ -165,11 +165,18 @@ def _poly1(x, y, w, epsilon, smoothing, reduction="mean"):
 # --- margin and sparsemax --------------------------------------------------------------
 
 
-def _multiclass(fn, **options):
-    def call(x, y, reduction="mean"):
-        return fn(x, y, reduction=reduction, **options)
+def _class_score_entry(fn, make=None):
+    """A loss of class scores and class indices (or lists) without options: piecewise
+    linear, so not checked to second order."""
 
-    return call
+    def call(x, y, reduction="mean"):
+        return fn(x, y, reduction=reduction)
+
+    def logits_and_labels(n, seed):
+        return {**_logits(n, seed), "y": _labels(n, seed)}
+
+    return Entry(fn.__name__, call, make or logits_and_labels, "x", ("x",), index=("y", C),
+                 smooth=False)  # fmt: skip
 
 
 def _multi_margin(x, y, w, margin, reduction="mean"):
@@ -362,7 +369,7 @@ ENTRIES = [
         "x",
         ("x",),
         reductions=("none",),
-    ),  # fmt: skip
+    ),
     _index_loss("nll_loss", jl.nll_loss, domain="log_probs"),
     Entry(
         "cross_entropy",
@@ -373,7 +380,7 @@ ENTRIES = [
         batch_axes={"w": None, "smoothing": None},
         index=("y", C),
         drop=_cross_entropy_drop,
-    ),  # fmt: skip
+    ),
     Entry(
         "softmax_focal_loss",
         _focal,
@@ -384,7 +391,7 @@ ENTRIES = [
         batch_axes={"gamma": None, "alpha": None},
         index=("y", C),
         drop=_ignore_first,
-    ),  # fmt: skip
+    ),
     Entry(
         "poly1_cross_entropy",
         _poly1,
@@ -395,7 +402,7 @@ ENTRIES = [
         batch_axes={"w": None, "epsilon": None, "smoothing": None},
         index=("y", C),
         drop=_ignore_first,
-    ),  # fmt: skip
+    ),
     Entry(
         "multi_margin_loss",
         _multi_margin,
@@ -406,43 +413,11 @@ ENTRIES = [
         index=("y", C),
         drop=_multi_margin_drop,
         smooth=False,
-    ),  # fmt: skip
-    Entry(
-        "multiclass_hinge_loss",
-        _multiclass(jl.multiclass_hinge_loss),
-        lambda n, s: {**_logits(n, s), "y": _labels(n, s)},
-        "x",
-        ("x",),
-        index=("y", C),
-        smooth=False,
-    ),  # fmt: skip
-    Entry(
-        "multiclass_perceptron_loss",
-        _multiclass(jl.multiclass_perceptron_loss),
-        lambda n, s: {**_logits(n, s), "y": _labels(n, s)},
-        "x",
-        ("x",),
-        index=("y", C),
-        smooth=False,
-    ),  # fmt: skip
-    Entry(
-        "multiclass_sparsemax_loss",
-        _multiclass(jl.multiclass_sparsemax_loss),
-        lambda n, s: {**_logits(n, s), "y": _labels(n, s)},
-        "x",
-        ("x",),
-        index=("y", C),
-        smooth=False,
-    ),  # fmt: skip
-    Entry(
-        "multilabel_margin_loss",
-        _multiclass(jl.multilabel_margin_loss),
-        _multilabel_make,
-        "x",
-        ("x",),
-        index=("y", C),
-        smooth=False,
-    ),  # fmt: skip
+    ),
+    _class_score_entry(jl.multiclass_hinge_loss),
+    _class_score_entry(jl.multiclass_perceptron_loss),
+    _class_score_entry(jl.multiclass_sparsemax_loss),
+    _class_score_entry(jl.multilabel_margin_loss, _multilabel_make),
     Entry(
         "multilabel_soft_margin_loss",
         _multilabel_soft,
@@ -450,7 +425,7 @@ ENTRIES = [
         "x",
         ("x", "t", "w"),
         batch_axes={"w": None},
-    ),  # fmt: skip
+    ),
     _elementwise("soft_margin_loss", jl.soft_margin_loss, _signs, differentiable=("x", "t")),
     Entry(
         "hinge_embedding_loss",
@@ -460,14 +435,14 @@ ENTRIES = [
         ("x", "t", "margin"),
         batch_axes={"margin": None},
         smooth=False,
-    ),  # fmt: skip
+    ),
     _elementwise("hinge_loss", jl.hinge_loss, _signs, differentiable=("x", "t"), smooth=False),
     _elementwise(
         "perceptron_loss", jl.perceptron_loss, _signs, differentiable=("x", "t"), smooth=False
-    ),  # fmt: skip
+    ),
     _elementwise(
         "sparsemax_loss", jl.sparsemax_loss, _probs, differentiable=("x", "t"), smooth=False
-    ),  # fmt: skip
+    ),
     Entry(
         "binary_cross_entropy_with_logits",
         _bce_logits,
@@ -476,7 +451,7 @@ ENTRIES = [
         ("x", "t", "weight", "pos_weight"),
         batch_axes={"pos_weight": None},
         drop=_weight_drop,
-    ),  # fmt: skip
+    ),
     Entry(
         "binary_cross_entropy",
         _bce,
@@ -485,7 +460,7 @@ ENTRIES = [
         ("p", "t", "weight"),
         drop=_weight_drop,
         domain="probs",
-    ),  # fmt: skip
+    ),
     Entry("kl_div", _kl, _kl_make, "q", ("q", "t"), domain="log_probs"),
     Entry(
         "sigmoid_focal_loss",
@@ -495,7 +470,7 @@ ENTRIES = [
         ("x", "weight"),
         constant=("t",),
         drop=_weight_drop,
-    ),  # fmt: skip
+    ),
     Entry(
         "ctc_loss",
         _ctc,
@@ -506,7 +481,7 @@ ENTRIES = [
         drop=_ctc_drop,
         batch_axes={"lp": 1},
         domain="log_probs",
-    ),  # fmt: skip
+    ),
     Entry(
         "ctc_loss_with_paddings",
         _ctc_paddings,
@@ -516,7 +491,7 @@ ENTRIES = [
         constant=("zp", "yp"),
         index=("y", C),
         drop=_ctc_paddings_drop,
-    ),  # fmt: skip
+    ),
     Entry("dice_loss", _overlap(jl.dice_loss), _overlap_make, "x", ("x",), index=("y", C)),
     Entry(
         "generalized_dice_loss",
@@ -526,7 +501,7 @@ ENTRIES = [
         ("x",),
         index=("y", C),
         coupled=True,
-    ),  # fmt: skip
+    ),
     Entry(
         "tversky_loss",
         _tversky,
@@ -534,7 +509,7 @@ ENTRIES = [
         "x",
         ("x", "t", "alpha", "beta", "smooth"),
         batch_axes={"alpha": None, "beta": None, "smooth": None},
-    ),  # fmt: skip
+    ),
     Entry(
         "linear_cross_entropy",
         _linear,
@@ -544,7 +519,7 @@ ENTRIES = [
         batch_axes=SHARED,
         index=("y", V),
         drop=_ignore_first,
-    ),  # fmt: skip
+    ),
     Entry(
         "linear_kl_div",
         _linear_kl,
@@ -555,7 +530,7 @@ ENTRIES = [
         batch_axes={**SHARED, "tx": 0},
         index=("y", V),
         drop=_ignore_first,
-    ),  # fmt: skip
+    ),
 ]
 
 REGISTRY = {entry.name: entry for entry in ENTRIES}

@@ -20,6 +20,7 @@ if __name__ == "__main__":  # not when pytest's doctest collector imports this f
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
@@ -106,8 +107,10 @@ GATHERING = ("sparsemax", "multiclass_sparsemax_loss", "multilabel_margin_loss")
 def gathering_cases(x, y, t, weight):
     del t, weight
     labels = abs(y)
-    # Two target classes for each of 8 rows (the pairs cost C * C per row).
-    lists = jnp.full((8, V), -1).at[:, 0].set(labels[:8]).at[:, 1].set((labels[:8] + 1) % V)
+    # Two target classes for each of 8 rows (the pairs cost C * C per row), fixed lists:
+    # explicit sharding would not slice the batch-sharded labels.
+    lists = np.full((8, V), -1)
+    lists[:, :2] = np.arange(16).reshape(8, 2) * 37 % V
     return {
         "sparsemax": (lambda x: jnp.sum(jl.sparsemax(x) * x), x),
         "multiclass_sparsemax_loss": (lambda x: jl.multiclass_sparsemax_loss(x, labels), x),

@@ -119,6 +119,25 @@ def _assert_nan_for_the_first(entry, grad):
     assert np.all(np.isfinite(_slice(entry, entry.scores, grad, slice(1, None))))
 
 
+@pytest.mark.parametrize("entry", ENTRIES, ids=NAMES)
+def test_infinite_scores_stay_in_their_element(entry):
+    """+inf or -inf in one score of element 0: the other elements are unchanged with
+    finite gradients, and where element 0's value is finite, so is its gradient (the
+    limit, never nan)."""
+    args = _arrays(entry)
+    clean = _none(entry, args)
+    moved = jnp.moveaxis(args[entry.scores], entry.axis(entry.scores), 0)
+    for value in (jnp.inf, -jnp.inf):
+        bad = moved.at[(0,) + (0,) * (moved.ndim - 1)].set(value)
+        bad = {**args, entry.scores: jnp.moveaxis(bad, 0, entry.axis(entry.scores))}
+        out = _none(entry, bad)
+        np.testing.assert_array_equal(out[1:], clean[1:])
+        grad = _grad_of_sum(entry, bad, entry.scores)
+        assert np.all(np.isfinite(_slice(entry, entry.scores, grad, slice(1, None))))
+        if np.all(np.isfinite(out[0])):
+            assert np.all(np.isfinite(_slice(entry, entry.scores, grad, 0))), value
+
+
 @pytest.mark.parametrize("entry", DROPPING, ids=NAMES)
 @pytest.mark.parametrize("value", [jnp.nan, jnp.inf, -jnp.inf], ids=["nan", "inf", "-inf"])
 def test_a_dropped_element_adds_exactly_zero_whatever_it_holds(entry, value):

@@ -152,7 +152,7 @@ def test_infinite_scores_stay_in_their_element(entry):
 
 
 @pytest.mark.exhaustive(quick_cases=6)
-@pytest.mark.parametrize("entry", rotated(DROPPING, 3), ids=NAMES)
+@pytest.mark.parametrize("entry", rotated(DROPPING, 0), ids=NAMES)
 @pytest.mark.parametrize("value", [jnp.nan, jnp.inf, -jnp.inf], ids=["nan", "inf", "-inf"])
 def test_a_dropped_element_adds_exactly_zero_whatever_it_holds(entry, value):
     args = _element(entry, entry_arrays := _arrays(entry), entry.scores, 0, value)
@@ -171,7 +171,7 @@ def test_a_dropped_element_adds_exactly_zero_whatever_it_holds(entry, value):
 
 
 @pytest.mark.exhaustive(quick_cases=6)
-@pytest.mark.parametrize("entry", rotated(ENTRIES, 20), ids=NAMES)
+@pytest.mark.parametrize("entry", rotated(ENTRIES, 14), ids=NAMES)
 def test_an_empty_batch(entry):
     args = _arrays(entry, n=0)
     for reduction in entry.reductions:
@@ -223,6 +223,7 @@ def test_every_integer_dtype_at_class_counts_it_cannot_hold(entry):
         np.testing.assert_array_equal(out, reference, err_msg=str(dtype))
 
 
+@pytest.mark.exhaustive
 def test_ctc_lengths_of_every_integer_dtype_beyond_its_range():
     """input_lengths of 200 frames in uint8 and int16 (and of T = 300 frames in int8,
     which cannot hold T): the int32 result."""
@@ -263,7 +264,7 @@ def _out_of_range_labels(entry, args):
 
 
 @pytest.mark.exhaustive(quick_cases=5)
-@pytest.mark.parametrize("entry", rotated(INDEXED, 9), ids=NAMES)
+@pytest.mark.parametrize("entry", rotated(INDEXED, 4), ids=NAMES)
 def test_out_of_range_targets_give_nan_value_and_gradient_for_that_element(entry):
     args = _arrays(entry, dtype=jnp.float32)
     clean = _none(entry, args)

@@ -46,12 +46,6 @@ def _hinge_jvp(power, slope_at_zero, primals, tangents):
     return _hinge(z, power, slope_at_zero), slope * dz
 
 
-def _pick(x, index):
-    """``x[..., index]`` for int32 indices in range (``class_index`` resolves them),
-    partitioned where the classes are sharded (``target_logit``)."""
-    return target_logit(x, index)
-
-
 @functools.partial(jax.jit, static_argnames=("p", "reduction"))
 def _multi_margin(x, targets, weight, margin, *, p, reduction):
     out_dtype, dtype = x.dtype, compute_dtype(x.dtype)
@@ -66,7 +60,7 @@ def _multi_margin(x, targets, weight, margin, *, p, reduction):
     x = jnp.where((scale != 0)[..., None], x, 0.0)
     scale = jnp.where(target.valid, scale / num_classes, jnp.nan)
     others = jnp.arange(num_classes) != safe[..., None]
-    z = margin - _pick(x, safe)[..., None] + x
+    z = margin - target_logit(x, safe)[..., None] + x
     loss = scale * jnp.sum(jnp.where(others, _hinge(z, p, False), 0.0), axis=-1)
     return reduce_loss(loss, reduction).astype(out_dtype)
 
@@ -136,7 +130,7 @@ def _binary_margin(x, targets, *, reduction, offset):
 @jax.custom_jvp
 def _top_minus_target(scores, labels, bonus):
     """``max_k (scores_k + bonus_k) - scores_y`` (labels in range)."""
-    return jnp.max(scores + bonus, axis=-1) - _pick(scores, labels)
+    return jnp.max(scores + bonus, axis=-1) - target_logit(scores, labels)
 
 
 @_top_minus_target.defjvp
@@ -149,7 +143,7 @@ def _top_minus_target_jvp(primals, tangents):
     # first maximizer, as argmax picks.
     shifted = scores + bonus
     top = jnp.max(shifted, axis=-1)
-    winner = jnp.where(_pick(shifted, labels) >= top, labels, jnp.argmax(shifted, axis=-1))
+    winner = jnp.where(target_logit(shifted, labels) >= top, labels, jnp.argmax(shifted, axis=-1))
     classes = jnp.arange(scores.shape[-1])
     grad = (classes == winner[..., None]).astype(value.dtype) - (classes == labels[..., None])
     # A nan score gives a nan gradient as well as a nan value.

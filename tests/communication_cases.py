@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jaxloss as jl  # noqa: E402
-from jaxloss.benchmark import collective_elements  # noqa: E402
+from benchmarks.measure import collective_elements  # noqa: E402
 from tests.sharded_cases import MODES, fused_layouts  # noqa: E402
 
 

@@ -274,7 +274,7 @@ def vmapped_examples(mode_name: str) -> None:
     """``jax.vmap`` over examples split over the devices: each example as on one device,
     and no more communication than the unfused loss under the same vmap (one all-reduce
     of the weight gradient, no gather of the examples)."""
-    from jaxloss.benchmark import collective_elements
+    from benchmarks.measure import collective_elements
 
     mesh = jax.make_mesh((8,), ("d",), axis_types=(MODES[mode_name][0],))
     hidden = build.normal((16, 6, H), 9)

@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxloss import benchmark
-from jaxloss.benchmark import interleaved_medians
+from benchmarks import cli
+from benchmarks import ctc as ctc_suite
+from benchmarks import linear as linear_suite
+from benchmarks import losses as loss_suite
 
 
 @pytest.mark.exhaustive
@@ -19,7 +21,7 @@ def test_benchmark_command_smoke(tmp_path):
         [
             sys.executable,
             "-m",
-            "jaxloss.benchmark",
+            "benchmarks",
             "--smoke",
             "--json",
             str(out_json),
@@ -35,7 +37,7 @@ def test_benchmark_command_smoke(tmp_path):
     result = json.loads(out_json.read_text())
     assert result["environment"]["backend"] == "cpu"
     names = {r["benchmark"] for r in result["losses"]}
-    assert names == {case.name for case in benchmark.loss_cases()}
+    assert names == {case.name for case in loss_suite.loss_cases()}
     assert names >= {"nll_loss", "binary_cross_entropy", "softmax_focal_loss"}
     assert {r["dtype"] for r in result["losses"]} == {"float32", "bfloat16"}
     for row in result["losses"]:
@@ -44,7 +46,7 @@ def test_benchmark_command_smoke(tmp_path):
         fastest = min(row["naive_s"], row["library_s"] or row["naive_s"])
         assert row["jaxloss_vs_fastest"] == row["jaxloss_s"] / fastest
     with_library = {r["benchmark"] for r in result["losses"] if r["library_s"] is not None}
-    assert with_library == {c.name for c in benchmark.loss_cases() if c.library is not None}
+    assert with_library == {c.name for c in loss_suite.loss_cases() if c.library is not None}
     for row in result["linear"]:
         assert 0 < row["fused_temp_bytes"] and 0 < row["naive_temp_bytes"]
         assert 0 < row["one_pass_temp_bytes"]
@@ -69,7 +71,7 @@ def test_benchmark_command_smoke(tmp_path):
     assert set(ctc) == {"ctc_loss_with_paddings", "ctc_loss (T, B, C)", "optax.ctc_loss"}
     for row in ctc.values():
         assert row["time_vs_optax"] == row["time_s"] / ctc["optax.ctc_loss"]["time_s"]
-        assert row["temp_bytes"] > 0 and row["shape"] == list(benchmark.SMOKE_CTC_SHAPE)
+        assert row["temp_bytes"] > 0 and row["shape"] == list(ctc_suite.SMOKE_SHAPE)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cross_entropy (index)" in proc.stdout
     assert "below 1 means jaxloss is faster" in proc.stdout
@@ -82,9 +84,9 @@ def test_peak_rss_growth_is_sampled_while_a_call_runs():
     about their bytes, and the fused loss at the same shape by less than the unfused one."""
     n, h, v = 1024, 64, 16384
     gradient_bytes = (n * h + h * v) * 4
-    floor = benchmark.peak_rss_growth(n, h, v, "floor", "float32")
-    fused = benchmark.peak_rss_growth(n, h, v, "fused", "float32")
-    naive = benchmark.peak_rss_growth(n, h, v, "naive", "float32")
+    floor = linear_suite.peak_rss_growth(n, h, v, "floor", "float32")
+    fused = linear_suite.peak_rss_growth(n, h, v, "fused", "float32")
+    naive = linear_suite.peak_rss_growth(n, h, v, "naive", "float32")
     assert floor is not None and fused is not None and naive is not None
     assert 0.9 * gradient_bytes <= floor <= 1.2 * gradient_bytes
     assert floor <= fused < naive
@@ -92,34 +94,17 @@ def test_peak_rss_growth_is_sampled_while_a_call_runs():
 
 @pytest.mark.exhaustive
 def test_published_figures_are_printed_beside_the_row_of_their_shape(monkeypatch, capsys):
-    monkeypatch.setitem(benchmark.PUBLISHED, (16, 8, 32, "float32"), "Somebody: 1 MB (a paper)")
-    (row,) = benchmark.run_linear(((16, 8, 32),), ["float32"], 1, 0.0, measure_rss=False)
+    monkeypatch.setitem(linear_suite.PUBLISHED, (16, 8, 32, "float32"), "Somebody: 1 MB (a paper)")
+    (row,) = linear_suite.run(((16, 8, 32),), ["float32"], 1, 0.0, measure_rss=False)
     assert row["published"] == "Somebody: 1 MB (a paper)"
     assert "published: Somebody: 1 MB (a paper)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    "seconds, shown",
-    [
-        (0.0, "0.00 µs"),
-        (4.2e-6, "4.20 µs"),
-        (0.000999, "999 µs"),
-        (0.0012, "1.20 ms"),
-        (0.0456, "45.6 ms"),
-        (0.2421, "242 ms"),
-        (1.0, "1.00 s"),
-        (456.7, "457 s"),
-    ],
-)
-def test_times_are_shown_with_a_unit_that_keeps_three_digits(seconds, shown):
-    assert benchmark.format_seconds(seconds) == shown
-
-
 def test_every_option_has_help_and_states_its_default(capsys):
     with pytest.raises(SystemExit):
-        benchmark.main(["--help"])
+        cli.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "python -m jaxloss.benchmark [losses|linear|lm|ctc|all]" in text  # the description
+    assert "python -m benchmarks [losses|linear|lm|ctc|all]" in text  # the description
     for option, default in [
         ("{all,losses,linear,lm,ctc}", "(default: all)"),
         ("--ctc-shape CTC_SHAPE", "(default: 32x500x1000x100)"),
@@ -142,46 +127,31 @@ def test_every_option_has_help_and_states_its_default(capsys):
         assert len(after.split()) >= 4, (flag, after)
 
 
-def test_interleaved_medians_calls_each_thunk_repeat_times_plus_warmup():
-    calls = {"a": 0, "b": 0}
-
-    def make(name):
-        def thunk():
-            calls[name] += 1
-            import jax.numpy as jnp
-
-            return jnp.zeros(())
-
-        return thunk
-
-    times = interleaved_medians({"a": make("a"), "b": make("b")}, repeats=4)
-    assert calls == {"a": 5, "b": 5}
-    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
-
-
 def test_a_linear_shape_above_the_flop_limit_says_it_was_not_timed_and_why(capsys):
-    from jaxloss.benchmark import run_linear
-
-    (row,) = run_linear(((16, 8, 32),), ["float32"], 1, time_limit_flops=0.0, measure_rss=False)
+    (row,) = linear_suite.run(
+        ((16, 8, 32),), ["float32"], 1, time_limit_flops=0.0, measure_rss=False
+    )
     assert "fused_s" not in row
     assert row["not_timed"].startswith("6·N·H·V = 0.0 TFLOP per call is above --max-linear-tflop")
     assert "not timed: 6·N·H·V" in capsys.readouterr().out
-    (row,) = run_linear(((16, 8, 32),), ["float32"], 1, time_limit_flops=1e12, measure_rss=False)
+    (row,) = linear_suite.run(
+        ((16, 8, 32),), ["float32"], 1, time_limit_flops=1e12, measure_rss=False
+    )
     assert row["time_ratio"] > 0 and "not_timed" not in row
 
 
 @pytest.mark.exhaustive
-@pytest.mark.parametrize("case", benchmark.loss_cases(), ids=lambda case: case.name)
+@pytest.mark.parametrize("case", loss_suite.loss_cases(), ids=lambda case: case.name)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_baseline_computes_the_loss_and_gradient_jaxloss_computes(case, dtype):
     """A timing comparison is fair only between programs that give the same numbers: the
     naive formula and the library's version agree with jaxloss on the benchmark's own
     inputs, in value and gradient (the library's in float32, where it does not upcast)."""
-    operands = benchmark.loss_operands(8, 40, dtype)[case.operands]
-    ours = benchmark.value_and_gradient(case.jaxloss, case.operands)(*operands)
+    operands = loss_suite.loss_operands(8, 40, dtype)[case.operands]
+    ours = loss_suite.value_and_gradient(case.jaxloss, case.operands)(*operands)
     baselines = [case.naive] + ([case.library] if case.library and dtype == "float32" else [])
     for baseline in baselines:
-        theirs = benchmark.value_and_gradient(baseline, case.operands)(*operands)
+        theirs = loss_suite.value_and_gradient(baseline, case.operands)(*operands)
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
             assert a.dtype == b.dtype and a.shape == b.shape
             np.testing.assert_allclose(
@@ -193,8 +163,8 @@ def test_every_baseline_computes_the_loss_and_gradient_jaxloss_computes(case, dt
 def test_every_ctc_implementation_computes_the_same_loss_and_gradient():
     """The CTC rows time the same numbers: the benchmark's inputs have only possible
     alignments, where optax's finite log(0) changes nothing."""
-    inputs = benchmark.ctc_inputs(*benchmark.SMOKE_CTC_SHAPE, "float32")
-    results = {name: jax.value_and_grad(fn)(*inputs) for name, fn in benchmark.ctc_cases().items()}
+    inputs = ctc_suite.ctc_inputs(*ctc_suite.SMOKE_SHAPE, "float32")
+    results = {name: jax.value_and_grad(fn)(*inputs) for name, fn in ctc_suite.ctc_cases().items()}
     assert len(results) == 3
     want = results.pop("optax.ctc_loss")
     for got in results.values():

@@ -268,7 +268,7 @@ def test_errors_name_their_argument():
 def test_matmul_counts_as_documented():
     """The docstring's count: four matmuls in one pass (three with a top-k teacher), six
     in two (four)."""
-    from jaxloss import benchmark
+    from benchmarks import measure
 
     x, w, y, teacher_x, teacher_w = _problem()
     ids, log_probs = _topk(teacher_x, teacher_w)
@@ -279,4 +279,4 @@ def test_matmul_counts_as_documented():
         }
         for want, loss in steps.items():
             step = jax.value_and_grad(loss, argnums=(0, 1))
-            assert benchmark.count_matmuls(step, x, w) == want, (passes, want)
+            assert measure.count_matmuls(step, x, w) == want, (passes, want)

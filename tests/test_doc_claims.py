@@ -26,7 +26,10 @@ import numpy as np
 import pytest
 
 import jaxloss as jl
-from jaxloss import benchmark
+from benchmarks import cli, measure
+from benchmarks import ctc as ctc_suite
+from benchmarks import lm as lm_suite
+from benchmarks.report import report
 from jaxloss._fused.engine import CHUNK_BYTES, auto_chunk_size
 from tests import builders as build
 
@@ -529,7 +532,7 @@ def matmul_counts():
             return jnp.sum(out)
 
         step = jax.value_and_grad(loss, argnums=(0, 1))
-        assert benchmark.count_matmuls(step, x, w) == want, (reduction, passes)
+        assert measure.count_matmuls(step, x, w) == want, (reduction, passes)
 
 
 @claim(
@@ -639,9 +642,9 @@ def chunk_buffers_with_options():
 
 @claim(
     "docs/backends.md",
-    "| 2026-12-04 | CPU | as above | as above | `python -m jaxloss.benchmark ctc` |",
-    "| 2026-12-01 | CPU | as above | as above | `python -m jaxloss.benchmark losses` |",
-    "| 2026-11-30 | CPU | as above | as above | `python -m jaxloss.benchmark linear` and `lm` |",
+    "| 2026-12-04 | CPU | as above | as above | `python -m benchmarks ctc` |",
+    "| 2026-12-01 | CPU | as above | as above | `python -m benchmarks losses` |",
+    "| 2026-11-30 | CPU | as above | as above | `python -m benchmarks linear` and `lm` |",
 )
 def benchmark_dates_are_the_measurements():
     dates = {"cpu-losses.json": "2026-12-01", "cpu-linear.json": "2026-11-30"}
@@ -774,7 +777,7 @@ def sequence_mean_counting():
 )
 def token_option_costs():
     n, h, v = 1024, 32, 4096
-    cases = benchmark.lm_cases(n, v)
+    cases = lm_suite.lm_cases(n, v)
     args = [
         jax.ShapeDtypeStruct(s, d)
         for s, d in [
@@ -786,8 +789,8 @@ def token_option_costs():
         ]
     ]
     steps = {k: jax.value_and_grad(f, argnums=(0, 1)) for k, f in cases.items()}
-    matmuls = {k: benchmark.count_matmuls(f, *args) for k, f in steps.items()}
-    temps = {k: benchmark.compiled_temp_bytes(f, *args) for k, f in steps.items()}
+    matmuls = {k: measure.count_matmuls(f, *args) for k, f in steps.items()}
+    temps = {k: measure.compiled_temp_bytes(f, *args) for k, f in steps.items()}
     chunk_bytes = auto_chunk_size(n, v) * v * 4
     for k in ("token_weight", "sequence_mean", "normalizer", "return_aux"):
         assert matmuls[k] == matmuls["mean"] == 3, k
@@ -868,11 +871,11 @@ def pytorch_translation_table():
 )
 def ctc_programs():
     pytest.importorskip("optax")
-    inputs = benchmark.ctc_inputs(2, 12, 7, 3, jnp.float32)
+    inputs = ctc_suite.ctc_inputs(2, 12, 7, 3, jnp.float32)
     matmuls = {}
-    for name, fn in benchmark.ctc_cases().items():
+    for name, fn in ctc_suite.ctc_cases().items():
         step = jax.value_and_grad(fn)
-        matmuls[name] = benchmark.count_matmuls(step, *inputs)
+        matmuls[name] = measure.count_matmuls(step, *inputs)
         if name != "optax.ctc_loss":
             assert "stablehlo.scatter" in jax.jit(step).lower(*inputs).as_text()
     # optax: the einsum, and more in its autodiff gradient; jaxloss: none.
@@ -1164,7 +1167,7 @@ def test_measured_tables_are_rendered_from_the_raw_data(page):
     text = _page(page)
     for name in MEASURED_PAGES[page]:
         result = json.loads((MEASUREMENTS / name).read_text())
-        for part in benchmark.report(result).split("\n\n"):
+        for part in report(result).split("\n\n"):
             assert part in text, f"{page} does not quote {name} as rendered:\n{part}"
 
 
@@ -1172,8 +1175,7 @@ def test_measured_tables_are_rendered_from_the_raw_data(page):
 def test_measured_sections_quote_no_figure_the_raw_data_lacks(page):
     section = _measured_section(_page(page))
     rendered = "\n".join(
-        benchmark.report(json.loads((MEASUREMENTS / name).read_text()))
-        for name in MEASURED_PAGES[page]
+        report(json.loads((MEASUREMENTS / name).read_text())) for name in MEASURED_PAGES[page]
     )
     prose = section.replace(rendered, "")
     for table in rendered.split("\n\n"):
@@ -1218,8 +1220,8 @@ def _benchmark_commands():
     for page in ("README.md", "docs/benchmarks.md", "docs/large-vocab.md", "docs/backends.md"):
         for block in re.findall(r"```bash\n(.*?)```", _page(page), re.S):
             for line in block.splitlines():
-                if "jaxloss.benchmark" in line:
-                    yield page, line.split("#")[0].split("jaxloss.benchmark", 1)[1].split()
+                if "python -m benchmarks" in line:
+                    yield page, line.split("#")[0].split("python -m benchmarks", 1)[1].split()
 
 
 def test_every_documented_benchmark_command_times_the_shapes_it_names():
@@ -1233,7 +1235,7 @@ def test_every_documented_benchmark_command_times_the_shapes_it_names():
             continue
         named += 1
         limit = float(options.get("--max-linear-tflop", 2.0)) * 1e12
-        for n, h, v in benchmark._parse_shapes(options["--shapes"], 3):
+        for n, h, v in cli.parse_shapes(options["--shapes"], 3):
             assert 6 * n * h * v <= limit, (page, " ".join(argv), (n, h, v))
     assert named >= 1
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxloss as jl
-from jaxloss import benchmark
+from benchmarks import losses as loss_suite
 
 N, C = 512, 8192
 LOGITS = jax.ShapeDtypeStruct((N, C), jnp.float32)
@@ -99,13 +99,13 @@ EXTRA_WORK = {
 
 
 @pytest.mark.exhaustive(quick_cases=1)
-@pytest.mark.parametrize("case", benchmark.loss_cases(), ids=lambda case: case.name)
+@pytest.mark.parametrize("case", loss_suite.loss_cases(), ids=lambda case: case.name)
 def test_every_loss_passes_over_its_input_no_more_than_autodiff(case):
     """The compiled value and gradient of each benchmark row reads and writes N x C
     arrays, and evaluates transcendentals of them, no more often than autodiff of the
     row's naive formula, except for the documented EXTRA_WORK."""
-    inputs = benchmark.loss_operands(N, C, "float32")[case.operands]
-    compile_fn = partial(benchmark.value_and_gradient, operands=case.operands)
+    inputs = loss_suite.loss_operands(N, C, "float32")[case.operands]
+    compile_fn = partial(loss_suite.value_and_gradient, operands=case.operands)
     ours = _passes_over_logits(case.jaxloss, *inputs, value_and_gradient=compile_fn)
     theirs = _passes_over_logits(case.naive, *inputs, value_and_gradient=compile_fn)
     allowed = EXTRA_WORK.get(case.name, (0, 0, 0))
@@ -119,15 +119,15 @@ def test_every_loss_passes_over_its_input_no_more_than_autodiff(case):
 
 
 @pytest.mark.exhaustive(quick_cases=2)
-@pytest.mark.parametrize("case", benchmark.loss_cases(), ids=lambda case: case.name)
+@pytest.mark.parametrize("case", loss_suite.loss_cases(), ids=lambda case: case.name)
 def test_bfloat16_inputs_are_upcast_where_they_are_read(case):
     """With bfloat16 inputs each row's compiled value and gradient write at most one
     N x C array more than with float32 inputs (the gradient's conversion back to
     bfloat16): no float32 copy of an input is written out first."""
-    compile_fn = partial(benchmark.value_and_gradient, operands=case.operands)
+    compile_fn = partial(loss_suite.value_and_gradient, operands=case.operands)
 
     def passes(dtype):
-        inputs = benchmark.loss_operands(N, C, dtype)[case.operands]
+        inputs = loss_suite.loss_operands(N, C, dtype)[case.operands]
         return _passes_over_logits(case.jaxloss, *inputs, value_and_gradient=compile_fn)
 
     low, full = passes("bfloat16"), passes("float32")

@@ -76,7 +76,7 @@ def test_the_check_finds_references_outside(relpath, text):
         ("docs/index.md", "[README](../README.md) and [api](api.md)"),
         ("tests/conftest.py", "ROOT = pathlib.Path(__file__).resolve().parents[1]"),
         ("tests/conftest.py", "pathlib.Path(__file__).parent.parent / 'docs'"),
-        ("jaxloss/benchmark.py", 'open("/proc/self/statm")  # https://example.org/a/../b'),
+        ("benchmarks/rss_probe.py", 'open("/proc/self/statm")  # https://example.org/a/../b'),
     ],
 )
 def test_the_check_accepts_references_inside(relpath, text):
@@ -111,3 +111,17 @@ def test_project_text_speaks_of_the_project_alone():
         if hits:
             offenders[relpath] = sorted(set(hits))
     assert offenders == {}
+
+
+def test_the_installed_package_is_the_library_alone():
+    """What pyproject.toml installs: jaxloss and its private subpackages, with py.typed;
+    the benchmarks, tests and examples stay in the repository."""
+    import tomllib
+    from setuptools import find_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = find_packages(str(ROOT), include=config["packages"]["find"]["include"])
+    assert sorted(packages) == ["jaxloss", "jaxloss._fused"]
+    assert config["package-data"] == {"jaxloss": ["py.typed"]}
+    assert (ROOT / "jaxloss" / "py.typed").is_file()
+    assert (ROOT / "benchmarks" / "__main__.py").is_file()

@@ -39,7 +39,8 @@ def _free_port() -> int:
 
 def test_two_processes_run_the_documented_launch(tmp_path):
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(SCRIPT.parents[2]))
+    # As a user launches it: no PYTHONPATH, and from another directory.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = tmp_path / "two.json"
     common = [*SMALL, "--steps", "12", "--num-processes", "2", "--coordinator",
               f"localhost:{port}", "--cpu-devices", "2", "--json", str(out)]  # fmt: skip
@@ -50,6 +51,7 @@ def test_two_processes_run_the_documented_launch(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            cwd=tmp_path,
         )
         for i in range(2)
     ]

@@ -18,11 +18,11 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._fused import engine
+from jaxloss._fused import driver, engine
 from jaxloss._fused.chunking import ColumnSlice
-from jaxloss._reduce import dropped_elements, element_scales, explicit_sharding, poison
+from jaxloss._reduce import explicit_sharding, poison
 from jaxloss._softmax import max_and_sum_exp
-from jaxloss._targets import IGNORED, OUT_OF_RANGE, resolve_targets
+from jaxloss._targets import IGNORED, OUT_OF_RANGE
 from jaxloss._xent import Fill
 
 
@@ -213,51 +213,68 @@ class DistillationHead:
         return _kl_logit_grad(p, q.T, bad[None, :], keep[None, :], inv_t)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 8, 9))
+def _checked_teacher(
+    teacher_x, teacher_w, teacher_topk, token_shape: tuple[int, ...], vocab: int
+) -> tuple[TeacherRows, jax.Array | None]:
+    """The teacher's per-token rows and its projection (None for a top-k teacher),
+    checked against the student's tokens and vocabulary."""
+    dense = teacher_x is not None or teacher_w is not None
+    if dense == (teacher_topk is not None):
+        raise ValueError(
+            "give the teacher either as teacher_x and teacher_w or as teacher_topk=(ids, "
+            "log_probs), not both or neither"
+        )
+    projection = None
+    if dense:
+        if teacher_x is None or teacher_w is None:
+            raise ValueError("teacher_x and teacher_w must be given together")
+        teacher_x = _checks.floating_input("teacher_x", teacher_x, min_ndim=1)
+        projection = _checks.floating_input("teacher_w", teacher_w)
+        if teacher_x.shape[:-1] != token_shape:
+            raise ValueError(
+                f"teacher_x must have shape {token_shape} + (H_teacher,) (x's tokens), "
+                f"got {teacher_x.shape}"
+            )
+        if projection.shape != (teacher_x.shape[-1], vocab):
+            raise ValueError(
+                f"teacher_w must have shape ({teacher_x.shape[-1]}, {vocab}) "
+                f"(teacher_x's hidden size, w's vocabulary), got {projection.shape}"
+            )
+        rows = TeacherRows(teacher_x, None, None)
+    else:
+        if not isinstance(teacher_topk, (tuple, list)) or len(teacher_topk) != 2:
+            raise TypeError(f"teacher_topk must be a pair (ids, log_probs), got {teacher_topk!r}")
+        ids = _checks.as_array("teacher_topk ids", teacher_topk[0])
+        log_probs = _checks.floating_input("teacher_topk log_probs", teacher_topk[1], min_ndim=1)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"teacher_topk ids must be integers, got dtype {ids.dtype}")
+        if ids.shape != log_probs.shape or ids.shape[:-1] != token_shape or ids.shape[-1] < 1:
+            raise ValueError(
+                f"teacher_topk ids and log_probs must both have shape {token_shape} + (k,) "
+                f"with k >= 1, got {ids.shape} and {log_probs.shape}"
+            )
+        rows = TeacherRows(None, ids, log_probs)
+    return rows, projection
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
 def _linear_kl_div(
-    x,
-    w,
-    rows: TeacherRows,
-    teacher_w,
-    codes,
-    config: engine.Config,
-    temperature,
-    weighting,
-    reduction,
-    vocab_size,
+    x, w, rows: TeacherRows, teacher_w, codes, plan: driver.Plan, temperature, weighting
 ):
-    hidden = w.shape[0]
     acc = engine.accumulation_dtype(x, w)
     inv_t = jax.lax.stop_gradient(1.0 / jnp.asarray(temperature, acc))
     rows, teacher_w = jax.lax.stop_gradient((rows, teacher_w))
-    weighting = jax.lax.stop_gradient(weighting)
-    dropped = dropped_elements(weighting.token_weight, weighting.segment_ids)
-    if dropped is not None:
-        codes = jnp.where(dropped, IGNORED, codes)
-    shape = codes.shape
-    keep = (codes != IGNORED).reshape(-1)
-    x2 = poison(x, codes == OUT_OF_RANGE).reshape(-1, hidden)  # nan value and gradient
-    rows = jax.tree.map(lambda a: a.reshape(-1, a.shape[-1]), rows)
-    sharding = explicit_sharding(x2)
-    if sharding is not None:
-        # The teacher's rows go where the student's tokens are.
-        by_token = jax.sharding.NamedSharding(sharding.mesh, jax.P(sharding.spec[0], None))
-        rows = jax.sharding.reshard(rows, by_token)
-        keep = jax.sharding.reshard(
-            keep, jax.sharding.NamedSharding(sharding.mesh, jax.P(sharding.spec[0]))
-        )
-    out_dtype = jnp.promote_types(x.dtype, w.dtype)
-    head, teacher = DistillationHead(vocab_size, w.shape[1]), Teacher(teacher_w, inv_t)
-    if reduction == "none":
-        loss, _ = engine.per_token_loss(head, x2, w, None, (keep, rows), teacher, config)
-        loss = loss.reshape(shape)
-        if weighting.token_weight is not None:
-            loss = loss * weighting.token_weight.astype(acc)
-        return loss.astype(out_dtype)
-    share = keep.reshape(shape).astype(acc)
-    token_scale = element_scales(reduction, share, *weighting).reshape(-1)
-    loss, _ = engine.fused_sum(head, x2, w, None, (keep, rows), teacher, token_scale, config)
-    return loss.astype(out_dtype)
+    head = DistillationHead(plan.vocab_size, w.shape[1])
+
+    def head_tokens(x2, codes, rows):
+        keep = codes != IGNORED
+        x2 = poison(x2, codes == OUT_OF_RANGE)  # nan value and gradient
+        return driver.HeadTokens(x2, (keep, rows), keep.astype(acc))
+
+    teacher = Teacher(teacher_w, inv_t)
+    return driver.fused_loss(
+        head, x, w, None, codes, rows, teacher, weighting, plan, head_tokens
+    ).loss
 
 
 def linear_kl_div(
@@ -381,77 +398,26 @@ def linear_kl_div(
         Array([[ 0.4075, -0.0114],
                [-0.462 ,  0.3041]], dtype=float32)
     """
-    x = _checks.floating_input("x", x, min_ndim=1)
-    w = _checks.floating_input("w", w)
-    if w.ndim != 2 or w.shape[0] != x.shape[-1]:
-        raise ValueError(
-            f"w must have shape (H, V) with H = x.shape[-1] = {x.shape[-1]}, got {w.shape}"
-        )
-    _checks.has_classes("w", w.shape, 1, "vocabulary entry")
+    x, w = driver.check_head(x, w)
     vocab = w.shape[1]
-    vocab_size = _checks.vocab_size(vocab_size, vocab)
+    weighting, plan = driver.check_token_options(
+        x,
+        w,
+        reduction=reduction,
+        token_weight=token_weight,
+        segment_ids=segment_ids,
+        normalizer=normalizer,
+        chunk_size=chunk_size,
+        passes=passes,
+        vocab_chunk_size=vocab_chunk_size,
+        vocab_size=vocab_size,
+    )
     token_shape = x.shape[:-1]
-    dense = teacher_x is not None or teacher_w is not None
-    if dense == (teacher_topk is not None):
-        raise ValueError(
-            "give the teacher either as teacher_x and teacher_w or as teacher_topk=(ids, "
-            "log_probs), not both or neither"
-        )
-    projection = None
-    if dense:
-        if teacher_x is None or teacher_w is None:
-            raise ValueError("teacher_x and teacher_w must be given together")
-        teacher_x = _checks.floating_input("teacher_x", teacher_x, min_ndim=1)
-        projection = _checks.floating_input("teacher_w", teacher_w)
-        if teacher_x.shape[:-1] != token_shape:
-            raise ValueError(
-                f"teacher_x must have shape {token_shape} + (H_teacher,) (x's tokens), "
-                f"got {teacher_x.shape}"
-            )
-        if projection.shape != (teacher_x.shape[-1], vocab):
-            raise ValueError(
-                f"teacher_w must have shape ({teacher_x.shape[-1]}, {vocab}) "
-                f"(teacher_x's hidden size, w's vocabulary), got {projection.shape}"
-            )
-        rows = TeacherRows(teacher_x, None, None)
-    else:
-        if not isinstance(teacher_topk, (tuple, list)) or len(teacher_topk) != 2:
-            raise TypeError(f"teacher_topk must be a pair (ids, log_probs), got {teacher_topk!r}")
-        ids = _checks.as_array("teacher_topk ids", teacher_topk[0])
-        log_probs = _checks.floating_input("teacher_topk log_probs", teacher_topk[1], min_ndim=1)
-        if not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise TypeError(f"teacher_topk ids must be integers, got dtype {ids.dtype}")
-        if ids.shape != log_probs.shape or ids.shape[:-1] != token_shape or ids.shape[-1] < 1:
-            raise ValueError(
-                f"teacher_topk ids and log_probs must both have shape {token_shape} + (k,) "
-                f"with k >= 1, got {ids.shape} and {log_probs.shape}"
-            )
-        rows = TeacherRows(None, ids, log_probs)
+    rows, projection = _checked_teacher(teacher_x, teacher_w, teacher_topk, token_shape, vocab)
     temperature = _checks.real_scalar("temperature", temperature, minimum=0.0, strict=True)
-    reduction = _checks.reduction(reduction, _checks.TOKEN_REDUCTIONS)
     ignore_index = _checks.ignore_index(ignore_index)
     if targets is None:
         codes = jnp.zeros(token_shape, jnp.int32)
     else:
-        targets = _checks.as_array("targets", targets)
-        if not jnp.issubdtype(targets.dtype, jnp.integer):
-            raise TypeError(f"targets must be integer token ids, got dtype {targets.dtype}")
-        if targets.shape != token_shape:
-            raise ValueError(
-                f"targets must have shape {token_shape} (x's shape without the hidden axis), "
-                f"got {targets.shape}"
-            )
-        codes = resolve_targets(targets, vocab_size, ignore_index)
-    weighting = _checks.token_weighting(
-        token_weight, segment_ids, normalizer, reduction, token_shape
-    )
-    chunk_size = _checks.optional_positive_int("chunk_size", chunk_size)
-    passes = _checks.passes(passes)
-    vocab_chunk_size = _checks.optional_positive_int("vocab_chunk_size", vocab_chunk_size)
-    engine.check_layout(x, w)
-    config = engine.Config.resolve(
-        x, w, chunk_size=chunk_size, passes=passes, vocab_chunk_size=vocab_chunk_size
-    )
-    return _linear_kl_div(
-        x, w, rows, projection, codes, config, temperature, weighting, reduction, vocab_size
-    )
+        codes = driver.token_codes(targets, x, plan.vocab_size, ignore_index)
+    return _linear_kl_div(x, w, rows, projection, codes, plan, temperature, weighting)

@@ -18,11 +18,10 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
-from jaxloss._fused import engine
+from jaxloss._fused import driver, engine
 from jaxloss._fused.chunking import ColumnSlice
-from jaxloss._reduce import dropped_elements, element_scales, like_tokens, safe_divide
+from jaxloss._reduce import safe_divide
 from jaxloss._softmax import max_and_sum_exp
-from jaxloss._targets import IGNORED, resolve_targets
 from jaxloss._xent import (
     Fill,
     IndexTargets,
@@ -211,48 +210,28 @@ def _aux_statistics(stats, targets: IndexTargets, counted, scalars: Scalars, opt
     return {name: safe_divide(jnp.sum(value), count) for name, value in per_token.items()}
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 8))
+@functools.partial(jax.jit, static_argnums=(4, 5))
 def _linear_cross_entropy(
-    x,
-    w,
-    codes,
-    bias,
-    options: Options,
-    config: engine.Config,
-    scalars: Scalars,
-    weighting,
-    vocab_size: int,
+    x, w, codes, bias, options: Options, plan: driver.Plan, scalars, weighting
 ):
-    hidden = w.shape[0]
     acc = engine.accumulation_dtype(x, w)
     # No gradient flows to the numeric options here (documented).
     scalars = jax.lax.stop_gradient(scalars.astype(acc))
-    # Targets replicated while the tokens are sharded (explicit mode) go where the tokens are.
-    codes, weighting = like_tokens((codes, jax.lax.stop_gradient(weighting)), x)
-    dropped = dropped_elements(weighting.token_weight, weighting.segment_ids)
-    if dropped is not None:
-        codes = jnp.where(dropped, IGNORED, codes)
-    x2 = x.reshape(-1, hidden)
-    flat = codes.reshape(-1)
-    out_dtype = jnp.promote_types(x.dtype, w.dtype)
-    targets = index_targets(flat)
-    w_y = target_weight(scalars.class_weight, targets.class_index, acc)
-    head = CrossEntropyHead(options, vocab_size, w.shape[1])
-    if options.reduction == "none":
-        loss, stats = engine.per_token_loss(head, x2, w, bias, flat, scalars, config)
-        loss = loss.reshape(codes.shape)
-        if weighting.token_weight is not None:
-            loss = loss * weighting.token_weight.astype(acc)
-    else:
-        share = jnp.where(targets.keep, w_y, 0.0).reshape(codes.shape)
-        token_scale = element_scales(options.reduction, share, *weighting).reshape(-1)
-        loss, stats = engine.fused_sum(head, x2, w, bias, flat, scalars, token_scale, config)
-    loss = loss.astype(out_dtype)
+    head = CrossEntropyHead(options, plan.vocab_size, w.shape[1])
+
+    def head_tokens(x2, codes, _):
+        targets = index_targets(codes)
+        w_y = target_weight(scalars.class_weight, targets.class_index, acc)
+        return driver.HeadTokens(x2, codes, jnp.where(targets.keep, w_y, 0.0))
+
+    out = driver.fused_loss(head, x, w, bias, codes, None, scalars, weighting, plan, head_tokens)
     if not options.return_aux:
-        return loss
+        return out.loss
+    targets = index_targets(out.codes)
+    w_y = target_weight(scalars.class_weight, targets.class_index, acc)
     counted = contributing(targets, w_y, scalars, options)
-    aux = _aux_statistics(jax.lax.stop_gradient(stats), targets, counted, scalars, options)
-    return loss, jax.tree.map(lambda a: a.reshape(codes.shape) if a.ndim else a, aux)
+    aux = _aux_statistics(jax.lax.stop_gradient(out.stats), targets, counted, scalars, options)
+    return out.loss, jax.tree.map(lambda a: a.reshape(x.shape[:-1]) if a.ndim else a, aux)
 
 
 @overload
@@ -465,23 +444,8 @@ def linear_cross_entropy(
                [-0.0229, -0.0782],
                [ 0.    ,  0.    ]], dtype=float32)
     """
-    x = _checks.floating_input("x", x, min_ndim=1)
-    w = _checks.floating_input("w", w)
-    if w.ndim != 2 or w.shape[0] != x.shape[-1]:
-        raise ValueError(
-            f"w must have shape (H, V) with H = x.shape[-1] = {x.shape[-1]}, got {w.shape}"
-            " (for a (V, H) embedding matrix pass emb.T)"
-        )
-    _checks.has_classes("w", w.shape, 1, "vocabulary entry")
+    x, w = driver.check_head(x, w, " (for a (V, H) embedding matrix pass emb.T)")
     vocab = w.shape[1]
-    targets = _checks.as_array("targets", targets)
-    if not jnp.issubdtype(targets.dtype, jnp.integer):
-        raise TypeError(f"targets must be integer token ids, got dtype {targets.dtype}")
-    if targets.shape != x.shape[:-1]:
-        raise ValueError(
-            f"targets must have shape {x.shape[:-1]} (x's shape without the hidden axis), "
-            f"got {targets.shape}"
-        )
     if bias is not None:
         bias = _checks.floating_input("bias", bias)
         if bias.shape != (vocab,):
@@ -490,27 +454,26 @@ def linear_cross_entropy(
     label_smoothing, z_loss, logit_softcap, has_smoothing, has_z_loss = _checks.logit_options(
         label_smoothing, z_loss, logit_softcap
     )
-    chunk_size = _checks.optional_positive_int("chunk_size", chunk_size)
-    vocab_chunk_size = _checks.optional_positive_int("vocab_chunk_size", vocab_chunk_size)
-    passes = _checks.passes(passes)
     return_aux = _checks.flag("return_aux", return_aux)
-    reduction = _checks.reduction(reduction, _checks.TOKEN_REDUCTIONS)
-    weighting = _checks.token_weighting(
-        token_weight, segment_ids, normalizer, reduction, targets.shape
-    )
-    vocab_size = _checks.vocab_size(vocab_size, vocab)
-    codes = resolve_targets(targets, vocab_size, _checks.ignore_index(ignore_index))
-    engine.check_layout(x, w)
-    options = Options(
+    weighting, plan = driver.check_token_options(
+        x,
+        w,
         reduction=reduction,
+        token_weight=token_weight,
+        segment_ids=segment_ids,
+        normalizer=normalizer,
+        chunk_size=chunk_size,
+        passes=passes,
+        vocab_chunk_size=vocab_chunk_size,
+        vocab_size=vocab_size,
+    )
+    codes = driver.token_codes(targets, x, plan.vocab_size, _checks.ignore_index(ignore_index))
+    options = Options(
+        reduction=plan.reduction,
         has_smoothing=has_smoothing,
         has_z_loss=has_z_loss,
         has_softcap=logit_softcap is not None,
         return_aux=return_aux,
     )
-    # Resolved here, outside jit, so that they key its cache.
-    config = engine.Config.resolve(
-        x, w, chunk_size=chunk_size, passes=passes, vocab_chunk_size=vocab_chunk_size
-    )
     scalars = Scalars(class_weight, label_smoothing, z_loss, logit_softcap)
-    return _linear_cross_entropy(x, w, codes, bias, options, config, scalars, weighting, vocab_size)
+    return _linear_cross_entropy(x, w, codes, bias, options, plan, scalars, weighting)

@@ -3,7 +3,7 @@
 The distillation head of the fused engine (``jaxloss._fused``): from one chunk of the
 student's raw logits ``x @ w`` and the teacher's (``teacher_x @ teacher_w``, or its
 top-k log-probabilities) it forms ``T^2 KL(q || p)`` per token and its logit gradient
-``T (p - q)``; for the engine's second pass, any slice of columns of that gradient
+``T (p - q)``; for the engine's second pass, any vocabulary chunk of that gradient
 from the two log-partitions. The teacher is a constant.
 """
 
@@ -19,7 +19,7 @@ from jax.typing import ArrayLike
 
 from jaxloss import _checks
 from jaxloss._fused import driver, engine
-from jaxloss._fused.chunking import ColumnSlice
+from jaxloss._fused.chunking import VocabChunk
 from jaxloss._reduce import explicit_sharding, poison
 from jaxloss._softmax import max_and_sum_exp
 from jaxloss._targets import IGNORED, OUT_OF_RANGE
@@ -195,12 +195,12 @@ class DistillationHead:
         saved = jnp.stack([lse, chunk.lse], axis=-1)
         return engine.HeadTerms(kl, grad, saved, jnp.zeros((z.shape[0], 0), z.dtype))
 
-    def column_grad(self, z_t, tokens, saved, teacher: Teacher, cols: ColumnSlice, fill: Fill):
+    def vocab_chunk_grad(self, z_t, tokens, saved, teacher: Teacher, chunk: VocabChunk, fill: Fill):
         keep, rows = tokens
         acc, inv_t = z_t.dtype, teacher.inv_t
-        columns = cols.ids()
+        columns = chunk.ids()
         p = jnp.exp(self._masked(z_t, columns[:, None]) * inv_t - saved[None, :, 0])
-        teacher_w = None if teacher.w is None else cols.take(cols.columns.view(teacher.w))
+        teacher_w = None if teacher.w is None else chunk.take(chunk.layout.view(teacher.w))
         u, ids = _teacher_logits(rows, teacher_w, keep, inv_t, acc)
         if ids is None:
             u = self._masked(u, columns[None, :])
@@ -208,7 +208,7 @@ class DistillationHead:
         bad = jnp.zeros(keep.shape, bool)
         if ids is not None:
             bad = keep & _names_outside(ids, self.vocab)
-            index, inside = cols.position(ids)
+            index, inside = chunk.position(ids)
             q = _scatter_rows(z_t.T, index, jnp.where(inside, q, 0.0), mode="drop")
         return _kl_logit_grad(p, q.T, bad[None, :], keep[None, :], inv_t)
 
@@ -333,7 +333,7 @@ def linear_kl_div(
     gradients, the weight gradient summed over the chunks in an ``H x V`` buffer of
     the accumulation dtype. With two passes (the default where
     ``linear_cross_entropy`` takes them) the second pass walks the vocabulary in
-    slices and computes both heads' logits of each slice again: six matmuls (four
+    chunks and computes both heads' logits of each chunk again: six matmuls (four
     with ``teacher_topk``), and no ``H x V`` buffer. Neither head's ``N x V``
     logits exist; a chunk holds ``chunk_size x V`` of each. For ``"none"`` each
     chunk is recomputed in the backward pass.

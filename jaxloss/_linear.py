@@ -2,8 +2,8 @@
 
 The cross-entropy head of the fused engine (``jaxloss._fused``): from one chunk of
 raw logits it forms the per-token losses, their logit gradient ``S p - a`` (times
-``1 - tanh^2`` under soft-capping) and, for the engine's second pass, any slice of
-columns of that gradient from the row's log-sum-exp and ``S``. The engine walks the
+``1 - tanh^2`` under soft-capping) and, for the engine's second pass, any
+vocabulary chunk of that gradient from the row's log-sum-exp and ``S``. The engine walks the
 tokens and the vocabulary and forms the gradients of ``x``, ``w`` and ``bias``.
 """
 
@@ -19,7 +19,7 @@ from jax.typing import ArrayLike
 
 from jaxloss import _checks
 from jaxloss._fused import driver, engine
-from jaxloss._fused.chunking import ColumnSlice
+from jaxloss._fused.chunking import VocabChunk
 from jaxloss._reduce import safe_divide
 from jaxloss._softmax import max_and_sum_exp
 from jaxloss._xent import (
@@ -161,9 +161,9 @@ class CrossEntropyHead:
         saved = jnp.stack([lse, scale], axis=-1)
         return engine.HeadTerms(loss, grad, saved, self._stats(z, m, log_s, targets))
 
-    def column_grad(self, z_t, codes, saved, scalars: Scalars, cols: ColumnSlice, fill: Fill):
+    def vocab_chunk_grad(self, z_t, codes, saved, scalars: Scalars, chunk: VocabChunk, fill: Fill):
         targets, w_y, counted = self._targets(codes, scalars)
-        ids = cols.ids()
+        ids = chunk.ids()
         z_t, tanh = self._capped(z_t, scalars, ids[:, None])
         spread = self._spread(ids, scalars) if self.options.has_smoothing else None
         element_weight = jnp.where(targets.keep, w_y, 0.0)
@@ -341,8 +341,8 @@ def linear_cross_entropy(
       $\partial L/\partial W$ is summed over the chunks in an ``H x V`` buffer of the
       accumulation dtype, which for float32 weights is the gradient itself.
     * 2: a pass over token chunks (loss, log-sum-exps, $\partial L/\partial x$), then
-      a pass over vocabulary slices of ``vocab_chunk_size`` columns that recomputes
-      each slice's logits and writes that slice of $\partial L/\partial W$ once. Four
+      a pass over vocabulary chunks of ``vocab_chunk_size`` columns that recomputes
+      each chunk's logits and writes that chunk of $\partial L/\partial W$ once. Four
       matmuls, and nothing of size ``H x V`` or ``N x V`` besides the gradient.
 
     By default two passes are taken when ``w`` is narrower than the accumulation dtype
@@ -378,7 +378,7 @@ def linear_cross_entropy(
             ``shard_map`` manual over every axis) or where ``w`` is narrower than the
             accumulation dtype (bfloat16), else one.
         vocab_chunk_size: vocabulary columns per step of the second pass (static); by
-            default as many as fit a float32 slice of the weight gradient in 16 MiB or
+            default as many as fit a float32 chunk of the weight gradient in 16 MiB or
             in 1/64 of the gradient's bytes, whichever is larger.
         token_weight: optional non-negative weights of the targets' shape (may be
             traced, no gradient); each element's loss is multiplied by its weight,

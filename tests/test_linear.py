@@ -82,12 +82,12 @@ def test_value_and_gradients_equal_unfused(
 @pytest.mark.exhaustive
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_weight_gradient_accumulated_in_vocabulary_slices(x64, monkeypatch, reduction):
-    from jaxloss._fused import engine as _linear
+    from jaxloss._fused import engine
 
     x, w, b, y = build.linear_problem(v=32)
     # 1024 bytes of chunk: slices of a quarter, 256 bytes of an H = 8 gradient, 8 columns.
-    monkeypatch.setattr(_linear, "CHUNK_BYTES", 1024)
-    assert _linear.vocab_slice_size(32, 8) == 8
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 1024)
+    assert engine.auto_dw_update_size(32, 8) == 8
     fused = jax.value_and_grad(
         lambda x, w, b: jl.linear_cross_entropy(
             x, w, y, bias=b, reduction=reduction, label_smoothing=0.1, chunk_size=8

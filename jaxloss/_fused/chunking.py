@@ -1,8 +1,8 @@
 """How the fused losses walk their tokens and their vocabulary.
 
 Tokens: ``n`` rows are padded to ``count * size`` and viewed as ``count`` chunks of
-``size`` rows (``Chunks``). Columns: the vocabulary axis of ``w`` (and of anything
-indexed by the vocabulary) is walked in slices of ``width`` columns (``Columns``).
+``size`` rows (``Chunks``). VocabChunks: the vocabulary axis of ``w`` (and of anything
+indexed by the vocabulary) is walked in slices of ``width`` columns (``VocabChunks``).
 
 On one device chunks and slices are contiguous. Wherever an axis may be split over
 devices they are interleaved: chunk ``i`` holds rows ``i, i + count, ...`` and slice
@@ -140,27 +140,28 @@ class Chunks:
 
 
 @dataclasses.dataclass(frozen=True)
-class Columns:
-    """The vocabulary in ``count`` slices of ``width`` columns, then a ``tail`` slice of
-    the remaining columns (contiguous slices only: interleaved slices divide it)."""
+class VocabChunks:
+    """The vocabulary in ``count`` chunks of ``size`` columns (``vocab_chunk_size``), then
+    a ``tail`` chunk of the remaining columns (contiguous chunks only: interleaved
+    chunks divide it)."""
 
     vocab: int
-    width: int
+    size: int
     interleaved: bool
 
     @property
     def count(self) -> int:
-        return self.vocab // self.width
+        return self.vocab // self.size
 
     @property
     def tail(self) -> int:
-        return self.vocab % self.width
+        return self.vocab % self.size
 
     def view(self, a):
-        """``[..., V]`` as walked: unchanged (contiguous) or ``[..., width, count]``."""
+        """``[..., V]`` as walked: unchanged (contiguous) or ``[..., size, count]``."""
         if not self.interleaved:
             return a
-        shape = (*a.shape[:-1], self.width, self.count)
+        shape = (*a.shape[:-1], self.size, self.count)
         sharding = explicit_sharding(a)
         if sharding is None:
             return a.reshape(shape)
@@ -180,39 +181,40 @@ class Columns:
 
 
 @dataclasses.dataclass(frozen=True)
-class ColumnSlice:
-    """Slice ``j`` of ``columns`` (``j`` traced), ``width`` columns wide."""
+class VocabChunk:
+    """Chunk ``j`` of ``layout`` (``j`` traced), ``size`` columns wide (``layout.size``, or
+    its tail)."""
 
-    columns: Columns
+    layout: VocabChunks
     j: jax.Array
-    width: int
+    size: int
 
     @property
     def start(self):
-        return self.j * self.columns.width
+        return self.j * self.layout.size
 
     def ids(self) -> jax.Array:
-        """The vocabulary ids of the slice's columns, ``[width]`` int32."""
-        k = jnp.arange(self.width, dtype=jnp.int32)
-        if self.columns.interleaved:
-            return k * self.columns.count + self.j
+        """The vocabulary ids of the chunk's columns, ``[size]`` int32."""
+        k = jnp.arange(self.size, dtype=jnp.int32)
+        if self.layout.interleaved:
+            return k * self.layout.count + self.j
         return k + self.start
 
     def take(self, viewed):
-        """The slice's columns of an array viewed by ``columns.view`` (last axis)."""
-        if self.columns.interleaved:
+        """The chunk's columns of an array viewed by ``layout.view`` (last axis)."""
+        if self.layout.interleaved:
             return jax.lax.dynamic_index_in_dim(viewed, self.j, viewed.ndim - 1, keepdims=False)
-        return jax.lax.dynamic_slice_in_dim(viewed, self.start, self.width, axis=viewed.ndim - 1)
+        return jax.lax.dynamic_slice_in_dim(viewed, self.start, self.size, axis=viewed.ndim - 1)
 
     def put(self, viewed, value):
-        """``viewed`` with the slice's columns replaced by ``value``."""
-        if self.columns.interleaved:
+        """``viewed`` with the chunk's columns replaced by ``value``."""
+        if self.layout.interleaved:
             return jax.lax.dynamic_update_index_in_dim(viewed, value, self.j, viewed.ndim - 1)
         return jax.lax.dynamic_update_slice_in_dim(viewed, value, self.start, viewed.ndim - 1)
 
     def position(self, ids):
-        """Where vocabulary ids fall in the slice: ``(index, inside)``."""
-        if self.columns.interleaved:
-            return ids // self.columns.count, ids % self.columns.count == self.j
+        """Where vocabulary ids fall in the chunk: ``(index, inside)``."""
+        if self.layout.interleaved:
+            return ids // self.layout.count, ids % self.layout.count == self.j
         index = ids - self.start
-        return index, (index >= 0) & (index < self.width)
+        return index, (index >= 0) & (index < self.size)

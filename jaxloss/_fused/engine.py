@@ -4,17 +4,20 @@ For ``"mean"``, ``"sum"`` and ``"sequence_mean"`` the loss is ``L = sum_n c_n l_
 with fixed token factors ``c``, whose gradient is the same for any upstream cotangent
 up to a scale. ``fused_sum``'s JVP rule therefore forms ``dL/dx``, ``dL/dw`` and
 ``dL/dbias`` while the logits are at hand and returns the tangent as their inner
-product with the input tangents; reverse mode needs nothing more. Two ways:
+product with the input tangents; reverse mode needs nothing more. The passes:
 
-* one pass over the token chunks, three matmuls, ``dL/dw`` summed over the chunks in
-  an ``H x V`` buffer of the accumulation dtype;
-* two passes: the token chunks for the loss, the per-token values the gradient needs
-  (``Head.saved_width`` of them) and ``dL/dx``; then the vocabulary in slices, each
-  slice of ``dL/dw`` formed from all the tokens and written once. One matmul more
+* ``forward_pass``: the loss alone, one loop over the token chunks;
+* ``one_pass_grads``: one loop over the token chunks, three matmuls, ``dL/dw`` summed
+  over the chunks in an ``H x V`` buffer of the accumulation dtype (added
+  ``dw_update_size`` columns at a time, in place);
+* ``two_pass_grads``: a loop over the token chunks for the loss, the per-token values
+  the gradient needs (``Head.saved_width`` of them) and ``dL/dx``; then
+  ``weight_pass``, the vocabulary in chunks of ``vocab_chunk_size`` columns, each
+  chunk of ``dL/dw`` formed from all the tokens and written once. One matmul more
   (per head matmul), and no ``H x V`` or ``N x V`` buffer. With the tokens spread
-  over devices each slice is formed from all of a device's tokens in one product, so
-  that the partitioner reduces each block of ``dL/dw`` over the devices once: the
-  weight gradient crosses the network once per step, whatever the layout.
+  over devices each vocabulary chunk is formed from all of a device's tokens in one
+  product, so that the partitioner reduces each block of ``dL/dw`` over the devices
+  once: the weight gradient crosses the network once per step, whatever the layout.
 
 ``per_token_loss`` serves ``"none"``: each chunk is recomputed in the backward pass
 (``jax.checkpoint``).
@@ -34,7 +37,13 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from jaxloss._fused.chunking import Chunks, Columns, ColumnSlice, loop_variant, spread_over_devices
+from jaxloss._fused.chunking import (
+    Chunks,
+    VocabChunk,
+    VocabChunks,
+    loop_variant,
+    spread_over_devices,
+)
 from jaxloss._reduce import compute_dtype, explicit_sharding, is_zero, varying_zero
 from jaxloss._xent import Fill
 
@@ -57,7 +66,7 @@ def auto_chunk_size(num_tokens: int, vocab_size: int) -> int:
 
 
 def auto_vocab_chunk_size(hidden: int, vocab: int, weight_itemsize: int) -> int:
-    """Columns per step of the second pass on one device: as many as fit a float32
+    """VocabChunks per step of the second pass on one device: as many as fit a float32
     ``dw`` slice (``width x H``) in ``CHUNK_BYTES`` or in 1/64 of the weight gradient's
     bytes, whichever is larger, in multiples of 128 (or the whole vocabulary)."""
     budget = max(CHUNK_BYTES, hidden * vocab * weight_itemsize // 64)
@@ -66,7 +75,7 @@ def auto_vocab_chunk_size(hidden: int, vocab: int, weight_itemsize: int) -> int:
 
 
 def spread_vocab_chunk_size(rows: int, vocab: int, requested: int | None = None) -> int:
-    """Columns per step of the second pass with the tokens spread over devices, where
+    """VocabChunks per step of the second pass with the tokens spread over devices, where
     each step multiplies all the tokens by the slice.
 
     At most ``requested``, or else as many as keep a device's share of the step's float32
@@ -89,9 +98,10 @@ def _divisors(m: int) -> list[int]:
     return small + [m // d for d in small]
 
 
-def vocab_slice_size(vocab: int, hidden: int) -> int:
-    """One pass: a divisor of ``vocab`` near ``CHUNK_BYTES / (16 hidden)``, else ``vocab``
-    (no slicing): a float32 slice of the weight gradient a quarter of a chunk's logits."""
+def auto_dw_update_size(vocab: int, hidden: int) -> int:
+    """One pass, the columns of ``dw`` per in-place update: a divisor of ``vocab`` near
+    ``CHUNK_BYTES / (16 hidden)``, else ``vocab`` (no slicing), so that a float32 slice
+    of the weight gradient is a quarter of a chunk's logits."""
     target = max(1, CHUNK_BYTES // (16 * hidden))
     if target >= vocab:
         return vocab
@@ -105,13 +115,13 @@ class Config:
 
     ``chunk_size``: tokens per chunk. ``passes``: 1 or 2 (see the module).
     ``vocab_chunk_size``: vocabulary columns per step of the second pass.
-    ``vocab_slice``: one pass, columns of the weight gradient added per inner step.
+    ``dw_update_size``: one pass, columns of the weight gradient added per inner step.
     """
 
     chunk_size: int
     passes: int
     vocab_chunk_size: int
-    vocab_slice: int
+    dw_update_size: int
 
     @classmethod
     def resolve(cls, x, w, *, chunk_size=None, passes=None, vocab_chunk_size=None) -> Config:
@@ -134,7 +144,7 @@ class Config:
             width = spread_vocab_chunk_size(rows, vocab, vocab_chunk_size)
         else:
             width = vocab_chunk_size or auto_vocab_chunk_size(hidden, vocab, w.dtype.itemsize)
-        return cls(chunk, passes, int(min(width, vocab)), vocab_slice_size(vocab, hidden))
+        return cls(chunk, passes, int(min(width, vocab)), auto_dw_update_size(vocab, hidden))
 
 
 class HeadTerms(NamedTuple):
@@ -142,7 +152,7 @@ class HeadTerms(NamedTuple):
 
     loss: jax.Array  # [c]
     grad: jax.Array  # [c, V]: d(loss_n)/d(z_n), 0 on tokens that are not counted
-    saved: jax.Array  # [c, saved_width]: what column_grad needs from the whole row
+    saved: jax.Array  # [c, saved_width]: what vocab_chunk_grad needs from the whole row
     stats: jax.Array  # [c, stats_width]: per-token statistics for logging
 
 
@@ -168,8 +178,10 @@ class Head(Protocol):
 
     def loss_and_grad(self, z, tokens, params, fill: Fill) -> HeadTerms: ...
 
-    def column_grad(self, z_t, tokens, saved, params, cols: ColumnSlice, fill: Fill) -> jax.Array:
-        """``grad`` of ``loss_and_grad`` for the columns ``cols``, transposed
+    def vocab_chunk_grad(
+        self, z_t, tokens, saved, params, chunk: VocabChunk, fill: Fill
+    ) -> jax.Array:
+        """``grad`` of ``loss_and_grad`` for the columns ``chunk``, transposed
         (``[width, c]``), from their logits ``z_t`` ``[width, c]`` and the rows' ``saved``
         values (the second pass multiplies in that layout)."""
         ...
@@ -254,11 +266,12 @@ def _hidden_grad(g, w, x_c):
 
 
 def _add_weight_grad(dw, x_c, g, acc_dtype, slice_size):
-    """``dw + x_c.T @ g``, one vocabulary slice at a time inside a loop when possible.
+    """``dw + x_c.T @ g``, ``slice_size`` (``dw_update_size``) columns at a time inside a
+    loop when possible.
 
     XLA keeps a matmul's result apart from the accumulator it is added to, so the
     whole product would be a second ``H x V`` buffer; a slice's product is only
-    ``H x slice``, and the loop updates ``dw`` in place.
+    ``H x slice_size``, and the loop updates ``dw`` in place.
     """
     vocab = dw.shape[1]
     sharding = explicit_sharding(dw)
@@ -276,153 +289,74 @@ def _add_weight_grad(dw, x_c, g, acc_dtype, slice_size):
     return jax.lax.fori_loop(0, vocab // slice_size, add_slice, dw)
 
 
-class _TokenPass(NamedTuple):
-    total: jax.Array  # sum_n c_n l_n
-    stats: jax.Array  # [n, stats_width]
-    dx: Any = None  # [n, H]
-    dw: Any = None  # one pass: [H, V], accumulation dtype
-    db: Any = None  # one pass: [V]
-    saved: Any = None  # two passes: [rows, saved_width], padded rows
+class _TokenWalk(NamedTuple):
+    """The token chunks a pass walks: ``x``, the token factors and the head's per-token
+    arrays viewed as chunks (``Chunks.view``), and a zero varying like the inputs."""
+
+    chunks: Chunks
+    xs: jax.Array
+    scales: jax.Array
+    tokens: Any
+    zero: jax.Array
+
+    @classmethod
+    def of(cls, x, w, bias, tokens, params, token_scale, config: Config) -> _TokenWalk:
+        acc = accumulation_dtype(x, w)
+        chunks = Chunks.of(x.shape[0], config.chunk_size, spread_over_devices(x))
+        view = lambda a: chunks.view(chunks.pad(a))  # noqa: E731
+        zero = varying_zero(acc, x, w, bias, tokens, params, token_scale)
+        return cls(chunks, view(x), view(token_scale.astype(acc)), jax.tree.map(view, tokens), zero)
+
+    def chunk(self, i):
+        """Chunk ``i``: its rows of ``x``, token factors and per-token arrays, and the
+        ``Fill`` of its loop step."""
+        take = functools.partial(self.chunks.take, i=i)
+        fill = _loop_fill(self.zero.dtype, i)
+        return take(self.xs), take(self.scales), jax.tree.map(take, self.tokens), fill
+
+    def rows(self, width: int) -> jax.Array:
+        """A viewed ``[rows, width]`` buffer of zeros (per-token values), sharded as the
+        rows are."""
+        return self.chunks.buffer(self.chunks.unview(self.scales), self.zero.dtype, width)
+
+    def loop(self, body, init):
+        return jax.lax.fori_loop(0, self.chunks.count, body, init)
 
 
-def _token_pass(head: Head, x, w, bias, tokens, params, token_scale, config: Config, grads: int):
-    """The loop over token chunks: the scaled loss and statistics (``grads=0``), with the
-    gradients of x, w and bias (``grads=1``, one pass), or with the gradient of x and
-    the per-token values of the second pass (``grads=2``)."""
-    n = x.shape[0]
-    acc = accumulation_dtype(x, w)
-    matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
-    chunks = Chunks.of(n, config.chunk_size, spread_over_devices(x))
-    scale_rows = chunks.pad(token_scale.astype(acc))
-    xs, cs = chunks.view(chunks.pad(x)), chunks.view(scale_rows)
-    ts = jax.tree.map(lambda a: chunks.view(chunks.pad(a)), tokens)
-    zero = varying_zero(acc, x, w, bias, tokens, params, token_scale)
-    carry = _TokenPass(zero, chunks.buffer(scale_rows, acc, head.stats_width) + zero)
-    if grads:
-        carry = carry._replace(dx=jnp.zeros_like(xs) + zero.astype(xs.dtype))
-    if grads == 1:
-        db = None if bias is None else jnp.zeros_like(bias, dtype=acc) + zero
-        carry = carry._replace(dw=jnp.zeros_like(w, dtype=acc) + zero, db=db)
-    if grads == 2:
-        carry = carry._replace(saved=chunks.buffer(scale_rows, acc, head.saved_width) + zero)
+def forward_pass(head: Head, x, w, bias, tokens, params, token_scale, config: Config):
+    """The loss alone: ``sum_n c_n l_n`` and the per-token statistics, one loop over the
+    token chunks."""
+    walk = _TokenWalk.of(x, w, bias, tokens, params, token_scale, config)
 
-    def body(i, carry: _TokenPass) -> _TokenPass:
-        x_c, scale_c = chunks.take(xs, i), chunks.take(cs, i)
-        tokens_c = jax.tree.map(lambda a: chunks.take(a, i), ts)
-        fill = _loop_fill(acc, i)
-        if not grads:
-            loss, stats = _chunk_loss(head, x_c, tokens_c, w, bias, params, fill.zero)
-            total = carry.total + _scaled_sum(loss, scale_c)
-            return carry._replace(total=total, stats=chunks.put(carry.stats, i, stats))
-        x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, fill.zero.astype(x_c.dtype))
-        terms = head.loss_and_grad(_logits(x_c, w, bias, acc), tokens_c, params, fill)
-        g = terms.grad * scale_c[:, None]
-        g_mm = g.astype(matmul_dtype)
-        carry = carry._replace(
-            total=carry.total + _scaled_sum(terms.loss, scale_c),
-            stats=chunks.put(carry.stats, i, terms.stats),
-            dx=chunks.put(carry.dx, i, _hidden_grad(g_mm, w, x_c)),
-        )
-        if grads == 2:
-            return carry._replace(saved=chunks.put(carry.saved, i, terms.saved))
-        dw = _add_weight_grad(carry.dw, x_c, g_mm, acc, config.vocab_slice)
-        db = None if carry.db is None else carry.db + jnp.sum(g, axis=0)
-        return carry._replace(dw=dw, db=db)
+    def body(i, carry):
+        total, stats = carry
+        x_c, scale_c, tokens_c, fill = walk.chunk(i)
+        loss, stats_c = _chunk_loss(head, x_c, tokens_c, w, bias, params, fill.zero)
+        return total + _scaled_sum(loss, scale_c), walk.chunks.put(stats, i, stats_c)
 
-    carry = jax.lax.fori_loop(0, chunks.count, body, carry)
-    saved = None if carry.saved is None else chunks.unview(carry.saved)
-    dx = None if carry.dx is None else chunks.unview(carry.dx, n)
-    return carry._replace(stats=chunks.unview(carry.stats, n), dx=dx, saved=saved)
+    total, stats = walk.loop(body, (walk.zero, walk.rows(head.stats_width) + walk.zero))
+    return total, walk.chunks.unview(stats, x.shape[0])
 
 
-def _scaled_sum(loss, scale):
-    """``sum_n scale_n loss_n`` over the tokens with a nonzero factor: a padding row's
-    loss may be infinite (its target a class of probability 0), and adds nothing."""
-    return jnp.sum(jnp.where(scale != 0, loss * scale, 0.0))
+class _ChunkGrads(NamedTuple):
+    x: jax.Array  # the chunk's rows of x, those of tokens that add nothing zeroed
+    terms: HeadTerms
+    g: jax.Array  # the scaled logit gradient, accumulation dtype
+    dx: jax.Array  # the chunk's rows of dL/dx
 
 
-def _weight_pass(head: Head, x, w, bias, tokens, params, token_scale, saved, config: Config):
-    """Pass 2: ``dL/dw`` (in w's dtype) and ``dL/dbias`` from the padded rows of pass 1.
+def _chunk_grads(head: Head, walk: _TokenWalk, i, w, bias, params) -> _ChunkGrads:
+    """One token chunk's logits, the head's terms, and the chunk's ``dL/dx``."""
+    x_c, scale_c, tokens_c, fill = walk.chunk(i)
+    x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, fill.zero.astype(x_c.dtype))
+    terms = head.loss_and_grad(_logits(x_c, w, bias, walk.zero.dtype), tokens_c, params, fill)
+    terms = terms._replace(loss=_scaled_sum(terms.loss, scale_c))
+    g = terms.grad * scale_c[:, None]
+    return _ChunkGrads(x_c, terms, g, _hidden_grad(g.astype(_matmul_dtype(x_c, w)), w, x_c))
 
-    The vocabulary is walked in slices; for each, the tokens in groups (pass 1's chunks,
-    as many as fit ``CHUNK_BYTES``; all of them at once when spread over devices, so that
-    a slice's product over the tokens is reduced over devices once): the slice's logits
-    and logit gradient, and the group's share of the slice's ``dw``, summed in float32
-    and written once.
-    """
-    acc = accumulation_dtype(x, w)
-    matmul_dtype = jnp.promote_types(x.dtype, w.dtype)
-    rows, vocab = x.shape[0], w.shape[1]
-    spread = spread_over_devices(x)
-    columns = Columns(vocab, min(config.vocab_chunk_size, vocab), spread)
-    group = rows
-    if not spread:
-        per_group = max(1, CHUNK_BYTES // (4 * columns.width * config.chunk_size))
-        count = rows // config.chunk_size
-        group = config.chunk_size * max(
-            d for d in range(1, min(count, per_group) + 1) if count % d == 0
-        )
-    groups = Chunks(rows // group, group, False)
-    views = jax.tree.map(groups.view, (x, tokens, token_scale.astype(acc), saved))
-    wv = columns.view(w)
-    bv = None if bias is None else columns.view(bias.astype(acc))
-    zero = varying_zero(acc, x, w, bias, tokens, params, token_scale)
 
-    def slice_grads(cols: ColumnSlice):
-        # Everything tied to the slice: XLA would otherwise precompute the parts of the
-        # group loop that do not depend on the slice, for all groups at once.
-        views_ = loop_variant(views, cols.j)
-        # Products arranged as w_slice.T @ x.T and g.T @ x, with the slice's logits and
-        # their gradient columns first ([width, tokens]): the forms every backend
-        # multiplies in bfloat16 with float32 sums (for x.T @ g XLA's CPU backend would
-        # convert x to float32 first). The slice is transposed once.
-        w_t = jax.lax.optimization_barrier(cols.take(loop_variant(wv, cols.j)).T)
-        b_j = None if bv is None else cols.take(bv)
-        sharding = explicit_sharding(w_t)
-
-        def group_body(k, carry):
-            dw_t, db_j = carry
-            x_g, tokens_g, scale_g, saved_g = jax.tree.map(lambda a: groups.take(a, k), views_)
-            fill = _loop_fill(acc, (k, cols.j))
-            keep = head.counted(tokens_g, params)[:, None]
-            x_g = jnp.where(keep, x_g, fill.zero.astype(x_g.dtype))
-            z_t = jax.lax.dot_general(
-                w_t, x_g, (((1,), (1,)), ((), ())), preferred_element_type=acc
-            )
-            z_t = z_t if b_j is None else z_t + b_j[:, None]
-            g_t = head.column_grad(z_t, tokens_g, saved_g, params, cols, fill) * scale_g[None, :]
-            dw_t = dw_t + jax.lax.dot_general(
-                g_t.astype(matmul_dtype),
-                x_g,
-                (((1,), (0,)), ((), ())),
-                preferred_element_type=acc,
-                out_sharding=sharding,
-            )
-            return dw_t, None if db_j is None else db_j + jnp.sum(g_t, axis=1)
-
-        init = (
-            jnp.zeros_like(w_t, dtype=acc) + zero,
-            None if b_j is None else jnp.zeros_like(b_j) + zero,
-        )
-        dw_t, db_j = jax.lax.fori_loop(0, groups.count, group_body, init)
-        return dw_t.T, db_j
-
-    def write(carry, cols: ColumnSlice):
-        dw_j, db_j = slice_grads(cols)
-        dw = cols.put(carry[0], dw_j.astype(w.dtype))
-        return dw, None if db_j is None else cols.put(carry[1], db_j)
-
-    carry = (
-        jnp.zeros_like(wv) + zero.astype(w.dtype),
-        None if bv is None else jnp.zeros_like(bv) + zero,
-    )
-    carry = jax.lax.fori_loop(
-        0, columns.count, lambda j, c: write(c, ColumnSlice(columns, j, columns.width)), carry
-    )
-    if columns.tail:
-        carry = write(carry, ColumnSlice(columns, jnp.int32(columns.count), columns.tail))
-    dw, db = carry
-    return columns.unview(dw), None if db is None else columns.unview(db)
+def _matmul_dtype(x, w):
+    return jnp.promote_types(x.dtype, w.dtype)
 
 
 class Gradients(NamedTuple):
@@ -433,22 +367,189 @@ class Gradients(NamedTuple):
     bias: jax.Array | None
 
 
-def gradients(head: Head, x, w, bias, tokens, params, token_scale, config: Config) -> Gradients:
-    """``sum_n c_n l_n``, its gradients for x, w and bias, and the statistics."""
+def one_pass_grads(head: Head, x, w, bias, tokens, params, token_scale, config: Config):
+    """One loop over the token chunks, three matmuls each: the loss, the statistics and
+    the gradients, ``dL/dw`` (and ``dL/dbias``) summed over the chunks in the
+    accumulation dtype."""
+    walk = _TokenWalk.of(x, w, bias, tokens, params, token_scale, config)
+    acc, zero = walk.zero.dtype, walk.zero
+    db = None if bias is None else jnp.zeros_like(bias, dtype=acc) + zero
+    dw = jnp.zeros_like(w, dtype=acc) + zero
+    init = Gradients(
+        zero,
+        walk.rows(head.stats_width) + zero,
+        jnp.zeros_like(walk.xs) + zero.astype(walk.xs.dtype),
+        dw,
+        db,
+    )
+
+    def body(i, carry: Gradients) -> Gradients:
+        out = _chunk_grads(head, walk, i, w, bias, params)
+        g_mm = out.g.astype(_matmul_dtype(x, w))
+        return Gradients(
+            carry.total + out.terms.loss,
+            walk.chunks.put(carry.stats, i, out.terms.stats),
+            walk.chunks.put(carry.x, i, out.dx),
+            _add_weight_grad(carry.w, out.x, g_mm, acc, config.dw_update_size),
+            None if carry.bias is None else carry.bias + jnp.sum(out.g, axis=0),
+        )
+
+    out = walk.loop(body, init)
     n = x.shape[0]
+    return out._replace(stats=walk.chunks.unview(out.stats, n), x=walk.chunks.unview(out.x, n))
+
+
+def two_pass_grads(head: Head, x, w, bias, tokens, params, token_scale, config: Config):
+    """A loop over the token chunks for the loss, the statistics, ``dL/dx`` and the
+    values each token's row gives the second pass (``Head.saved_width``); then
+    ``weight_pass`` for ``dL/dw`` and ``dL/dbias``."""
+    n = x.shape[0]
+    # Padded once here, for both passes.
+    chunks = Chunks.of(n, config.chunk_size, spread_over_devices(x))
+    x, tokens, token_scale = jax.tree.map(chunks.pad, (x, tokens, token_scale))
+    walk = _TokenWalk.of(x, w, bias, tokens, params, token_scale, config)
+    zero = walk.zero
+    rows = (walk.rows(head.stats_width), walk.rows(head.saved_width))
+    init = (
+        zero,
+        rows[0] + zero,
+        jnp.zeros_like(walk.xs) + zero.astype(walk.xs.dtype),
+        rows[1] + zero,
+    )
+
+    def body(i, carry):
+        total, stats, dx, saved = carry
+        out = _chunk_grads(head, walk, i, w, bias, params)
+        put = functools.partial(walk.chunks.put, i=i)
+        return (
+            total + out.terms.loss,
+            put(stats, value=out.terms.stats),
+            put(dx, value=out.dx),
+            put(saved, value=out.terms.saved),
+        )
+
+    total, stats, dx, saved = walk.loop(body, init)
+    unview = walk.chunks.unview
+    dw, db = weight_pass(head, x, w, bias, tokens, params, token_scale, unview(saved), config)
+    return Gradients(total, unview(stats, n), unview(dx, n), dw, db)
+
+
+def _scaled_sum(loss, scale):
+    """``sum_n scale_n loss_n`` over the tokens with a nonzero factor: a padding row's
+    loss may be infinite (its target a class of probability 0), and adds nothing."""
+    return jnp.sum(jnp.where(scale != 0, loss * scale, 0.0))
+
+
+def _token_groups(rows: int, vocab_chunk_size: int, config: Config, spread: bool) -> Chunks:
+    """How the second pass takes the tokens for each vocabulary chunk: all at once when
+    spread over devices (so that a chunk's product over the tokens is reduced over the
+    devices once), else groups of pass 1's chunks, as many as fit ``CHUNK_BYTES``."""
+    group = rows
+    if not spread:
+        per_group = max(1, CHUNK_BYTES // (4 * vocab_chunk_size * config.chunk_size))
+        count = rows // config.chunk_size
+        group = config.chunk_size * max(
+            d for d in range(1, min(count, per_group) + 1) if count % d == 0
+        )
+    return Chunks(rows // group, group, False)
+
+
+class _WeightPass(NamedTuple):
+    """What ``weight_pass`` walks: the tokens' arrays viewed as groups, ``w`` and ``bias``
+    viewed as vocabulary chunks, and a zero varying like the inputs."""
+
+    groups: Chunks
+    token_views: tuple  # x, tokens, token factors and saved values, viewed as groups
+    w_view: jax.Array
+    bias_view: jax.Array | None
+    zero: jax.Array
+
+
+def _vocab_chunk_grads(head: Head, walked: _WeightPass, params, chunk: VocabChunk):
+    """One vocabulary chunk's ``dL/dw`` and ``dL/dbias`` in the accumulation dtype,
+    summed over the token groups."""
+    acc = walked.zero.dtype
+    groups = walked.groups
+    # Everything tied to the chunk: XLA would otherwise precompute the parts of the
+    # group loop that do not depend on the chunk, for all groups at once.
+    views = loop_variant(walked.token_views, chunk.j)
+    # Products arranged as w_chunk.T @ x.T and g.T @ x, with the chunk's logits and
+    # their gradient columns first ([size, tokens]): the forms every backend
+    # multiplies in bfloat16 with float32 sums (for x.T @ g XLA's CPU backend would
+    # convert x to float32 first). The chunk of w is transposed once.
+    w_t = jax.lax.optimization_barrier(chunk.take(loop_variant(walked.w_view, chunk.j)).T)
+    b_j = None if walked.bias_view is None else chunk.take(walked.bias_view)
+    matmul_dtype = _matmul_dtype(views[0], w_t)
+
+    def group_body(k, carry):
+        dw_t, db_j = carry
+        x_g, tokens_g, scale_g, saved_g = jax.tree.map(lambda a: groups.take(a, k), views)
+        fill = _loop_fill(acc, (k, chunk.j))
+        keep = head.counted(tokens_g, params)[:, None]
+        x_g = jnp.where(keep, x_g, fill.zero.astype(x_g.dtype))
+        z_t = jax.lax.dot_general(w_t, x_g, (((1,), (1,)), ((), ())), preferred_element_type=acc)
+        z_t = z_t if b_j is None else z_t + b_j[:, None]
+        g_t = head.vocab_chunk_grad(z_t, tokens_g, saved_g, params, chunk, fill) * scale_g[None, :]
+        dw_t = dw_t + jax.lax.dot_general(
+            g_t.astype(matmul_dtype),
+            x_g,
+            (((1,), (0,)), ((), ())),
+            preferred_element_type=acc,
+            out_sharding=explicit_sharding(w_t),
+        )
+        return dw_t, None if db_j is None else db_j + jnp.sum(g_t, axis=1)
+
+    zero = walked.zero
+    init = (
+        jnp.zeros_like(w_t, dtype=acc) + zero,
+        None if b_j is None else jnp.zeros_like(b_j) + zero,
+    )
+    dw_t, db_j = jax.lax.fori_loop(0, groups.count, group_body, init)
+    return dw_t.T, db_j
+
+
+def weight_pass(head: Head, x, w, bias, tokens, params, token_scale, saved, config: Config):
+    """The second of two passes: ``dL/dw`` (in w's dtype) and ``dL/dbias`` from the padded
+    rows of the first, walking the vocabulary in chunks of ``vocab_chunk_size``; each
+    chunk's share of ``dw`` is summed over the tokens in float32 and written once."""
+    acc = accumulation_dtype(x, w)
+    spread = spread_over_devices(x)
+    layout = VocabChunks(w.shape[1], min(config.vocab_chunk_size, w.shape[1]), spread)
+    groups = _token_groups(x.shape[0], layout.size, config, spread)
+    walked = _WeightPass(
+        groups,
+        jax.tree.map(groups.view, (x, tokens, token_scale.astype(acc), saved)),
+        layout.view(w),
+        None if bias is None else layout.view(bias.astype(acc)),
+        varying_zero(acc, x, w, bias, tokens, params, token_scale),
+    )
+
+    def write(carry, chunk: VocabChunk):
+        dw_j, db_j = _vocab_chunk_grads(head, walked, params, chunk)
+        dw = chunk.put(carry[0], dw_j.astype(w.dtype))
+        return dw, None if db_j is None else chunk.put(carry[1], db_j)
+
+    zero = walked.zero
+    carry = (
+        jnp.zeros_like(walked.w_view) + zero.astype(w.dtype),
+        None if walked.bias_view is None else jnp.zeros_like(walked.bias_view) + zero,
+    )
+    carry = jax.lax.fori_loop(
+        0, layout.count, lambda j, c: write(c, VocabChunk(layout, j, layout.size)), carry
+    )
+    if layout.tail:
+        carry = write(carry, VocabChunk(layout, jnp.int32(layout.count), layout.tail))
+    dw, db = carry
+    return layout.unview(dw), None if db is None else layout.unview(db)
+
+
+def gradients(head: Head, x, w, bias, tokens, params, token_scale, config: Config) -> Gradients:
+    """``sum_n c_n l_n``, its gradients for x, w and bias, and the statistics, in
+    ``config.passes`` passes."""
     w_whole, to_w_sharding = _whole_hidden(w, spread_over_devices(x))
-    if config.passes == 1:
-        out = _token_pass(head, x, w_whole, bias, tokens, params, token_scale, config, grads=1)
-        dw, db = out.dw, out.db
-    else:
-        # Padded once here, for both passes.
-        chunks = Chunks.of(n, config.chunk_size, spread_over_devices(x))
-        x, tokens, token_scale = jax.tree.map(chunks.pad, (x, tokens, token_scale))
-        out = _token_pass(head, x, w_whole, bias, tokens, params, token_scale, config, grads=2)
-        saved = out.saved
-        dw, db = _weight_pass(head, x, w_whole, bias, tokens, params, token_scale, saved, config)
-    dw = to_w_sharding(dw.astype(w.dtype))
-    return Gradients(out.total, out.stats[:n], out.dx[:n], dw, db)
+    take_passes = one_pass_grads if config.passes == 1 else two_pass_grads
+    out = take_passes(head, x, w_whole, bias, tokens, params, token_scale, config)
+    return out._replace(w=to_w_sharding(out.w.astype(w.dtype)))
 
 
 def one_example_at_a_time(fn):
@@ -537,8 +638,7 @@ def _merge_examples(a):
 
 def _forward(head: Head, config: Config, x, w, bias, tokens, params, token_scale):
     w, _ = _whole_hidden(w, spread_over_devices(x))
-    out = _token_pass(head, x, w, bias, tokens, params, token_scale, config, grads=0)
-    return out.total, out.stats
+    return forward_pass(head, x, w, bias, tokens, params, token_scale, config)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 7))

@@ -18,12 +18,12 @@ from jaxloss import _checks
 from jaxloss._reduce import compute_dtype, dropped_elements, reduce_tokens
 from jaxloss._targets import IGNORED, resolve_targets
 from jaxloss._xent import (
+    IndexTargets,
     Options,
     Scalars,
     contributing,
     index_cross_entropy,
     index_nll,
-    index_targets,
     smoothing_share,
     soft_cap,
     softmax_cross_entropy,
@@ -42,15 +42,15 @@ def _cross_entropy(logits, targets, scalars: Scalars, where, options: Options, w
     weighting = jax.lax.stop_gradient(weighting)
     dropped = dropped_elements(weighting.token_weight, weighting.segment_ids)
     if dropped is not None:
-        if options.index_targets:
+        if options.targets_are_indices:
             targets = jnp.where(dropped, IGNORED, targets)
         else:
             # A dropped element's row becomes zeros with zero targets: loss 0 and no
             # gradient, even where its logits are not finite.
             x = jnp.where(dropped[..., None], 0.0, x)
             targets = jnp.where(jnp.expand_dims(dropped, options.axis), 0.0, targets)
-    if options.index_targets:
-        resolved = index_targets(targets)
+    if options.targets_are_indices:
+        resolved = IndexTargets.from_codes(targets)
         w_y = target_weight(scalars.class_weight, resolved.class_index, dtype)
         counted = contributing(resolved, w_y, scalars, options)
         if options.has_softcap:
@@ -67,7 +67,7 @@ def _cross_entropy(logits, targets, scalars: Scalars, where, options: Options, w
         x, _ = soft_cap(x.astype(dtype), scalars.logit_softcap)
     if where is not None:
         x = jnp.where(where, x, -jnp.inf)
-    if options.index_targets:
+    if options.targets_are_indices:
         loss, lse = index_cross_entropy(x, resolved, counted, scalars, options)
         share = jnp.where(resolved.keep, w_y, 0.0)
     else:
@@ -248,7 +248,7 @@ def cross_entropy(
     options = Options(
         reduction=reduction,
         axis=axis,
-        index_targets=is_index,
+        targets_are_indices=is_index,
         has_smoothing=has_smoothing,
         has_z_loss=has_z_loss,
         has_softcap=logit_softcap is not None,
@@ -265,7 +265,7 @@ def _nll_loss(log_probs, codes, class_weight, options: Options, weighting):
     dropped = dropped_elements(weighting.token_weight, weighting.segment_ids)
     if dropped is not None:
         codes = jnp.where(dropped, IGNORED, codes)
-    targets = index_targets(codes)
+    targets = IndexTargets.from_codes(codes)
     w_y = target_weight(class_weight, targets.class_index, dtype)
     loss = index_nll(lp, targets, jnp.where(targets.keep, w_y, 0.0))
     share = jnp.where(targets.keep, w_y, 0.0)

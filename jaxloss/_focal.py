@@ -27,7 +27,6 @@ from jaxloss._xent import (
     Options,
     coefficient_columns,
     drop_minus_inf_tangent,
-    index_targets,
     logit_gradient,
     smoothing_share,
     target_logit,
@@ -135,7 +134,7 @@ _index_modulated_cross_entropy.defjvp(_index_modulated_cross_entropy_jvp, symbol
 
 def _index_modulated(x, codes, class_weight, eps, options: Options, kind: str, param):
     """Per-element loss of class-index targets, and each element's share of the mean."""
-    targets = index_targets(codes)
+    targets = IndexTargets.from_codes(codes)
     w_y = target_weight(class_weight, targets.class_index, x.dtype)
     element_weight = jnp.where(targets.keep, w_y, 0.0)
     if not options.has_smoothing:
@@ -162,7 +161,7 @@ def _softmax_modulated(logits, targets, class_weight, label_smoothing, where, op
     eps = jnp.asarray(label_smoothing, dtype)
     if where is not None:
         x = jnp.where(jnp.moveaxis(where, options.axis, -1), x, -jnp.inf)
-    if options.index_targets:
+    if options.targets_are_indices:
         loss, share_of_mean = _index_modulated(x, targets, class_weight, eps, options, kind, param)
     else:
         t = jnp.moveaxis(targets, options.axis, -1).astype(dtype)
@@ -192,7 +191,7 @@ def _softmax_arguments(
     options = Options(
         reduction=_checks.reduction(reduction),
         axis=axis,
-        index_targets=is_index,
+        targets_are_indices=is_index,
         has_smoothing=has_smoothing,
     )
     return logits, targets, class_weight, label_smoothing, where, options

@@ -30,7 +30,6 @@ from jaxloss._xent import (
     coefficient_columns,
     contributing,
     index_coefficients,
-    index_targets,
     logit_gradient,
     soft_cap,
     soft_cap_gradient,
@@ -66,8 +65,8 @@ class CrossEntropyHead:
 
     options: Options
     vocab: int  # the classes in use: w's columns past them are padding
-
     padded: int  # w's columns
+    return_aux: bool  # also the statistics for logging
 
     @property
     def saved_width(self) -> int:
@@ -75,12 +74,12 @@ class CrossEntropyHead:
 
     @property
     def stats_width(self) -> int:
-        return (1 + len(STATISTICS)) if self.options.return_aux else 0
+        return (1 + len(STATISTICS)) if self.return_aux else 0
 
     def _targets(self, codes, scalars: Scalars):
         """The resolved targets, their class weights and which tokens count."""
-        targets = index_targets(codes)
-        w_y = target_weight(scalars.class_weight, targets.class_index, scalars.z_loss.dtype)
+        targets = IndexTargets.from_codes(codes)
+        w_y = target_weight(scalars.class_weight, targets.class_index, scalars.compute_dtype)
         return targets, w_y, contributing(targets, w_y, scalars, self.options)
 
     def counted(self, codes, scalars: Scalars):
@@ -96,14 +95,14 @@ class CrossEntropyHead:
         return z, tanh
 
     def _stats(self, z, m, log_s, targets: IndexTargets):
-        if not self.options.return_aux:
+        if not self.return_aux:
             return jnp.zeros((z.shape[0], 0), z.dtype)
         lse = m[:, 0] + log_s
         return jnp.concatenate([lse[:, None], _token_statistics(z, m, log_s, targets)], axis=-1)
 
     def loss(self, z, codes, scalars: Scalars):
         acc, columns = z.dtype, jnp.arange(self.padded, dtype=jnp.int32)
-        targets = index_targets(codes)
+        targets = IndexTargets.from_codes(codes)
         share = None
         if self.options.has_smoothing:
             share = self._spread(columns, scalars, weighted=False)
@@ -176,7 +175,7 @@ class CrossEntropyHead:
         """The smoothing part of the coefficients of the columns ``ids``: ``eps / V``
         (times their class weights), 0 on padding."""
         share = scalars.label_smoothing / self.vocab
-        spread = jnp.where(ids < self.vocab, share, 0.0).astype(scalars.z_loss.dtype)
+        spread = jnp.where(ids < self.vocab, share, 0.0).astype(scalars.compute_dtype)
         if weighted and scalars.class_weight is not None:
             spread = spread * scalars.class_weight[ids]
         return spread
@@ -190,7 +189,7 @@ class CrossEntropyHead:
         return jnp.where(bad, fill.nan, grad)
 
 
-def _aux_statistics(stats, targets: IndexTargets, counted, scalars: Scalars, options):
+def _aux_statistics(stats, targets: IndexTargets, counted, scalars: Scalars, reduction: str):
     """The logged statistics: per token for ``"none"``, else means over the tokens that
     add to the loss; nan wherever a target is out of range. ``stats`` holds the
     log-sum-exp and then ``STATISTICS`` (``CrossEntropyHead.stats_width``)."""
@@ -204,33 +203,34 @@ def _aux_statistics(stats, targets: IndexTargets, counted, scalars: Scalars, opt
         name: jnp.where(targets.bad, jnp.nan, jnp.where(counted, value, 0.0))
         for name, value in per_token.items()
     }
-    if options.reduction == "none":
+    if reduction == "none":
         return per_token
     count = jnp.sum(counted).astype(lse.dtype)
     return {name: safe_divide(jnp.sum(value), count) for name, value in per_token.items()}
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
+@functools.partial(jax.jit, static_argnums=(4, 5, 8))
 def _linear_cross_entropy(
-    x, w, codes, bias, options: Options, plan: driver.Plan, scalars, weighting
+    x, w, codes, bias, options: Options, plan: driver.Plan, scalars, weighting, return_aux: bool
 ):
     acc = engine.accumulation_dtype(x, w)
     # No gradient flows to the numeric options here (documented).
     scalars = jax.lax.stop_gradient(scalars.astype(acc))
-    head = CrossEntropyHead(options, plan.vocab_size, w.shape[1])
+    head = CrossEntropyHead(options, plan.vocab_size, w.shape[1], return_aux)
 
     def head_tokens(x2, codes, _):
-        targets = index_targets(codes)
+        targets = IndexTargets.from_codes(codes)
         w_y = target_weight(scalars.class_weight, targets.class_index, acc)
         return driver.HeadTokens(x2, codes, jnp.where(targets.keep, w_y, 0.0))
 
     out = driver.fused_loss(head, x, w, bias, codes, None, scalars, weighting, plan, head_tokens)
-    if not options.return_aux:
+    if not return_aux:
         return out.loss
-    targets = index_targets(out.codes)
+    targets = IndexTargets.from_codes(out.codes)
     w_y = target_weight(scalars.class_weight, targets.class_index, acc)
     counted = contributing(targets, w_y, scalars, options)
-    aux = _aux_statistics(jax.lax.stop_gradient(out.stats), targets, counted, scalars, options)
+    stats = jax.lax.stop_gradient(out.stats)
+    aux = _aux_statistics(stats, targets, counted, scalars, plan.reduction)
     return out.loss, jax.tree.map(lambda a: a.reshape(x.shape[:-1]) if a.ndim else a, aux)
 
 
@@ -473,7 +473,6 @@ def linear_cross_entropy(
         has_smoothing=has_smoothing,
         has_z_loss=has_z_loss,
         has_softcap=logit_softcap is not None,
-        return_aux=return_aux,
     )
     scalars = Scalars(class_weight, label_smoothing, z_loss, logit_softcap)
-    return _linear_cross_entropy(x, w, codes, bias, options, plan, scalars, weighting)
+    return _linear_cross_entropy(x, w, codes, bias, options, plan, scalars, weighting, return_aux)

@@ -8,7 +8,7 @@ smoothing, ignored elements) is, per element,
 
 with a *coefficient* vector ``a`` built linearly from the targets and options. This
 module holds, once: the resolved class-index targets (``_targets.resolve_targets``, then
-``index_targets``), building the coefficients, the value and the closed-form logit
+``IndexTargets.from_codes``), building the coefficients, the value and the closed-form logit
 gradient ``S p - a`` (as ``jax.custom_jvp`` rules), the z-loss and the soft-cap, and
 the mean's denominator. The public modules validate their arguments, build an
 ``Options`` (static) and a ``Scalars`` (traced), and call into it.
@@ -41,11 +41,10 @@ class Options:
 
     reduction: str = "mean"
     axis: int = -1
-    index_targets: bool = True
+    targets_are_indices: bool = True
     has_smoothing: bool = False
     has_z_loss: bool = False
     has_softcap: bool = False
-    return_aux: bool = False  # linear_cross_entropy only
 
 
 class Scalars(NamedTuple):
@@ -68,6 +67,11 @@ class Scalars(NamedTuple):
             cast(self.logit_softcap),
         )
 
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """The dtype the loss is computed in, once ``astype`` has cast the scalars to it."""
+        return self.z_loss.dtype
+
 
 class Fill(NamedTuple):
     """The values written into masked entries: 0 and nan.
@@ -88,15 +92,16 @@ CONSTANT_FILL = Fill()
 
 
 class IndexTargets(NamedTuple):
-    """Resolved class-index targets (from ``resolve_targets``)."""
+    """Resolved class-index targets, the three facts the kernels use of each code."""
 
     class_index: jax.Array  # int32 class, 0 where ignored or out of range (safe to gather)
     keep: jax.Array  # the target is not ignore_index
     bad: jax.Array  # kept, but outside [0, C): the element's loss and gradient are nan
 
-
-def index_targets(codes: jax.Array) -> IndexTargets:
-    return IndexTargets(jnp.maximum(codes, 0), codes != IGNORED, codes == OUT_OF_RANGE)
+    @classmethod
+    def from_codes(cls, codes: jax.Array) -> IndexTargets:
+        """From the int32 codes of ``_targets.resolve_targets``."""
+        return cls(jnp.maximum(codes, 0), codes != IGNORED, codes == OUT_OF_RANGE)
 
 
 # --- coefficients --------------------------------------------------------------------

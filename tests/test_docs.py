@@ -82,3 +82,54 @@ def test_docs_site_builds_strictly(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     api_page = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "Gradient (the custom JVP rule" in api_page
+
+
+def _names_in_the_code() -> set[str]:
+    """Every module, and every name defined, assigned, passed or quoted, in the package,
+    the benchmarks, the tests and the examples."""
+    import ast
+
+    names = set()
+    for folder in ("jaxloss/**", "benchmarks", "tests", "examples/**"):
+        for path in ROOT.glob(f"{folder}/*.py"):
+            names.add(path.stem)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    names.add(node.name)
+                elif isinstance(node, ast.Name):
+                    names.add(node.id)
+                elif isinstance(node, ast.Attribute):
+                    names.add(node.attr)
+                elif isinstance(node, (ast.arg, ast.keyword)) and node.arg:
+                    names.add(node.arg)
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    names.update(re.findall(r"\w+", node.value))
+    return names
+
+
+def test_the_architecture_page_describes_the_package_as_it_is():
+    """docs/architecture.md counts the public functions, lists every module of the
+    package and of benchmarks/, names only files that exist, and every code name it
+    quotes (``engine.forward_pass``, ``Config.passes``, ``token_codes``) is in the code."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    words = ["thirty", "thirty-one", "thirty-two", "thirty-three", "thirty-four"]
+    count = words[len(jaxloss.__all__) - 30]
+    assert f"jaxloss is {count} public functions" in page
+    quoted = set(re.findall(r"`([^`\s]+)`", page))
+    modules = {p.relative_to(ROOT / "jaxloss").as_posix() for p in ROOT.glob("jaxloss/**/_*.py")}
+    modules -= {"__init__.py", "_fused/__init__.py"}
+    assert modules <= quoted, sorted(modules - quoted)
+    suites = {p.name for p in ROOT.glob("benchmarks/*.py")} - {"__init__.py", "__main__.py"}
+    assert suites <= quoted, sorted(suites - quoted)
+    for name in (q for q in quoted if q.endswith(".py")):
+        if name.startswith(("tests/", "benchmarks/")):
+            assert (ROOT / name).is_file() or "<" in name, name
+        elif "/" in name and not name.startswith("_"):
+            assert (ROOT / name).is_file(), name
+    code = _names_in_the_code()
+    for text in (q for q in quoted if not q.endswith(".py")):
+        if re.fullmatch(
+            r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)+|_?[a-z]+_[a-z_]+|[A-Z][a-z]+[A-Z]\w*", text
+        ):
+            for part in text.split("."):
+                assert part in code, (text, part)

@@ -125,3 +125,28 @@ def test_the_installed_package_is_the_library_alone():
     assert config["package-data"] == {"jaxloss": ["py.typed"]}
     assert (ROOT / "jaxloss" / "py.typed").is_file()
     assert (ROOT / "benchmarks" / "__main__.py").is_file()
+
+
+def _body_lines(node) -> int:
+    """Lines of a function's body after its docstring."""
+    import ast
+
+    body = node.body
+    first = body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        if isinstance(first.value.value, str):
+            body = body[1:]
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
+def test_every_function_of_the_package_and_the_benchmarks_reads_at_once():
+    """No function body (after its docstring) in jaxloss/ or benchmarks/ is over 60 lines."""
+    import ast
+
+    long = []
+    for path in [*ROOT.glob("jaxloss/**/*.py"), *ROOT.glob("benchmarks/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if _body_lines(node) > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert long == []

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m benchmarks [losses|linear|lm|ctc|all] [options]``, from the
+"""Benchmarks: ``python -m benchmarks [losses|linear|lm|matmuls|ctc|all] [options]``, from the
 repository root.
 
 ``losses``: value-and-gradient time of jaxloss against the same loss written as its
@@ -23,6 +23,11 @@ student's size, and a top-64 teacher) beside the unfused KL divergence of the tw
 heads' softmaxes: the matmuls in the program, compiled temporary bytes (at the memory
 shape) and interleaved median times (at the time shape).
 
+``matmuls``: ``linear_cross_entropy`` (by default, with one pass and with two) and the
+unfused loss against the three matmuls of a linear head's value and gradients alone:
+interleaved median times of value + dX + dW, each as a multiple of the three matmuls'
+and of the unfused loss's.
+
 ``ctc``: ``ctc_loss_with_paddings`` and ``ctc_loss`` (PyTorch's time-major layout)
 against ``optax.ctc_loss`` on the same batch-major logits (each takes the log-softmax
 of unnormalized scores): interleaved median value-and-gradient times and compiled
@@ -40,7 +45,7 @@ import json
 
 import jax.numpy as jnp
 
-from benchmarks import ctc, linear, lm, losses
+from benchmarks import ctc, linear, lm, losses, matmuls
 from benchmarks.measure import environment
 from benchmarks.report import plot, report
 
@@ -87,6 +92,11 @@ def _add_shape_options(parser: argparse.ArgumentParser) -> None:
         type=lambda s: parse_shapes(s, 3),
         help="lm shapes as NxHxV,NxHxV: for compiled memory, then for time (default: "
         f"{_shown(lm.DEFAULT_MEMORY_SHAPE, lm.DEFAULT_TIME_SHAPE)})",
+    )
+    parser.add_argument(
+        "--matmul-shape",
+        type=lambda s: parse_shapes(s, 3)[0],
+        help=f"matmuls shape as NxHxV (default: {_shown(matmuls.DEFAULT_SHAPE)})",
     )
     parser.add_argument(
         "--ctc-shape",
@@ -137,7 +147,7 @@ def parser() -> argparse.ArgumentParser:
         "which",
         nargs="?",
         default="all",
-        choices=["all", "losses", "linear", "lm", "ctc"],
+        choices=["all", "losses", "linear", "lm", "matmuls", "ctc"],
         help="which benchmark to run",
     )
     _add_shape_options(result)
@@ -168,6 +178,9 @@ def run(args: argparse.Namespace) -> dict:
         defaults = (lm.DEFAULT_MEMORY_SHAPE, lm.DEFAULT_TIME_SHAPE)
         memory_shape, time_shape = args.lm_shapes or ((lm.SMOKE_SHAPE,) * 2 if smoke else defaults)
         result["lm"] = lm.run(memory_shape, time_shape, dtypes[0], repeats)
+    if args.which in ("all", "matmuls"):
+        shape = args.matmul_shape or (matmuls.SMOKE_SHAPE if smoke else matmuls.DEFAULT_SHAPE)
+        result["matmuls"] = matmuls.run(shape, dtypes, repeats)
     if args.which in ("all", "ctc"):
         shape = args.ctc_shape or (ctc.SMOKE_SHAPE if smoke else ctc.DEFAULT_SHAPE)
         result["ctc"] = ctc.run(shape, dtypes[0], repeats)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from benchmarks import ctc, linear, lm, losses
+from benchmarks import ctc, linear, lm, losses, matmuls
 
-TABLES = {"losses": losses.table, "linear": linear.table, "lm": lm.table, "ctc": ctc.table}
+TABLES = {
+    "losses": losses.table,
+    "linear": linear.table,
+    "lm": lm.table,
+    "matmuls": matmuls.table,
+    "ctc": ctc.table,
+}
 
 
 def environment_line(env: dict) -> str:

@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import cli
+from benchmarks import cli, measure
 from benchmarks import ctc as ctc_suite
 from benchmarks import linear as linear_suite
 from benchmarks import losses as loss_suite
+from benchmarks import matmuls as matmul_suite
 
 
 @pytest.mark.exhaustive
@@ -67,6 +68,12 @@ def test_benchmark_command_smoke(tmp_path):
     for row in lm.values():
         assert row["temp_vs_mean"] == row["temp_bytes"] / lm["mean"]["temp_bytes"]
         assert row["time_s"] > 0
+    matmuls = {(r["program"], r["dtype"]): r for r in result["matmuls"]}
+    programs = {"three matmuls", "linear_cross_entropy", "passes=1", "passes=2", "unfused"}
+    assert set(matmuls) == {(p, d) for p in programs for d in ("float32", "bfloat16")}
+    for (_, dtype), row in matmuls.items():
+        assert row["vs_matmuls"] == row["time_s"] / matmuls["three matmuls", dtype]["time_s"]
+        assert row["vs_unfused"] == row["time_s"] / matmuls["unfused", dtype]["time_s"]
     ctc = {r["variant"]: r for r in result["ctc"]}
     assert set(ctc) == {"ctc_loss_with_paddings", "ctc_loss (T, B, C)", "optax.ctc_loss"}
     for row in ctc.values():
@@ -104,9 +111,10 @@ def test_every_option_has_help_and_states_its_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "python -m benchmarks [losses|linear|lm|ctc|all]" in text  # the description
+    assert "python -m benchmarks [losses|linear|lm|matmuls|ctc|all]" in text  # the description
     for option, default in [
-        ("{all,losses,linear,lm,ctc}", "(default: all)"),
+        ("{all,losses,linear,lm,matmuls,ctc}", "(default: all)"),
+        ("--matmul-shape MATMUL_SHAPE", "(default: 8192x512x32768)"),
         ("--ctc-shape CTC_SHAPE", "(default: 32x500x1000x100)"),
         ("--lm-shapes LM_SHAPES", "(default: 8192x512x65536,2048x512x32768)"),
         ("--sizes SIZES", "(default: 4096x32768)"),
@@ -170,3 +178,23 @@ def test_every_ctc_implementation_computes_the_same_loss_and_gradient():
     for got in results.values():
         for a, b in zip(got, want, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_matmul_floor_is_the_three_products_and_the_rows_compute_one_loss():
+    """The ``matmuls`` rows compare programs that do the same work: the floor is three
+    products (of the logits themselves: ``z @ w.T`` and ``x.T @ z``), and every loss row
+    gives the unfused loss's value and gradients."""
+    x = np.asarray(jax.random.normal(jax.random.key(0), (16, 8)), np.float32)
+    w = np.asarray(jax.random.normal(jax.random.key(1), (8, 40)), np.float32) / 3
+    y = np.arange(16) % 40
+    assert measure.count_matmuls(matmul_suite.three_matmuls, x, w, y) == 3
+    dx, dw = matmul_suite.three_matmuls(x, w, y)
+    z = x.astype(np.float64) @ w
+    np.testing.assert_allclose(dx, z @ w.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, x.T @ z, rtol=1e-4, atol=1e-4)
+    steps = matmul_suite.programs()
+    want = steps.pop("unfused")(x, w, y)
+    steps.pop("three matmuls")
+    for name, step in steps.items():
+        for a, b in zip(jax.tree.leaves(step(x, w, y)), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)

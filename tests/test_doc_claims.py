@@ -1149,7 +1149,7 @@ def readme_dtypes():
 
 MEASUREMENTS = DOCS / "measurements"
 MEASURED_PAGES = {
-    "docs/benchmarks.md": ["cpu-losses.json", "cpu-ctc.json"],
+    "docs/benchmarks.md": ["cpu-losses.json", "cpu-matmuls.json", "cpu-ctc.json"],
     "docs/large-vocab.md": ["cpu-linear.json", "cpu-lm.json"],
 }
 FIGURE = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?\s?(?:ms|MiB|GiB|GB/s|MB|s\b|×)")

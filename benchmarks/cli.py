@@ -1,5 +1,5 @@
-"""Benchmarks: ``python -m benchmarks [losses|linear|lm|matmuls|ctc|all] [options]``, from the
-repository root.
+"""Benchmarks: ``python -m benchmarks [losses|linear|lm|matmuls|memory|ctc|all] [options]``,
+from the repository root.
 
 ``losses``: value-and-gradient time of jaxloss against the same loss written as its
 textbook formula and differentiated by JAX's autodiff ("naive autodiff"), optax's (or
@@ -28,6 +28,12 @@ unfused loss against the three matmuls of a linear head's value and gradients al
 interleaved median times of value + dX + dW, each as a multiple of the three matmuls'
 and of the unfused loss's.
 
+``memory``: where the resident memory of ``linear_cross_entropy``'s value and gradients
+goes, on CPU, in the first of ``--dtypes``: the peak growth of the resident set during
+one call (fresh processes) of the floor program, of the default, of half its chunk
+size, and of the default with XLA's own matmuls in place of its YNNPACK fusions, beside
+the compiled temporary bytes.
+
 ``ctc``: ``ctc_loss_with_paddings`` and ``ctc_loss`` (PyTorch's time-major layout)
 against ``optax.ctc_loss`` on the same batch-major logits (each takes the log-softmax
 of unnormalized scores): interleaved median value-and-gradient times and compiled
@@ -43,9 +49,10 @@ from __future__ import annotations
 import argparse
 import json
 
+import jax
 import jax.numpy as jnp
 
-from benchmarks import ctc, linear, lm, losses, matmuls
+from benchmarks import ctc, linear, lm, losses, matmuls, memory
 from benchmarks.measure import environment
 from benchmarks.report import plot, report
 
@@ -99,6 +106,11 @@ def _add_shape_options(parser: argparse.ArgumentParser) -> None:
         help=f"matmuls shape as NxHxV (default: {_shown(matmuls.DEFAULT_SHAPE)})",
     )
     parser.add_argument(
+        "--memory-shape",
+        type=lambda s: parse_shapes(s, 3)[0],
+        help=f"memory shape as NxHxV (default: {_shown(memory.DEFAULT_SHAPE)})",
+    )
+    parser.add_argument(
         "--ctc-shape",
         type=lambda s: parse_shapes(s, 4)[0],
         help=f"ctc shape as BxTxCxL (default: {_shown(ctc.DEFAULT_SHAPE)})",
@@ -125,7 +137,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-rss",
         action="store_true",
-        help="skip the peak-RSS measurement of linear_cross_entropy (CPU only)",
+        help="skip the peak-RSS measurements (the memory suite and the linear suite's; CPU only)",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes: checks that the command runs"
@@ -147,7 +159,7 @@ def parser() -> argparse.ArgumentParser:
         "which",
         nargs="?",
         default="all",
-        choices=["all", "losses", "linear", "lm", "matmuls", "ctc"],
+        choices=["all", "losses", "linear", "lm", "matmuls", "memory", "ctc"],
         help="which benchmark to run",
     )
     _add_shape_options(result)
@@ -181,6 +193,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.which in ("all", "matmuls"):
         shape = args.matmul_shape or (matmuls.SMOKE_SHAPE if smoke else matmuls.DEFAULT_SHAPE)
         result["matmuls"] = matmuls.run(shape, dtypes, repeats)
+    if args.which in ("all", "memory") and jax.default_backend() == "cpu" and not args.no_rss:
+        shape = args.memory_shape or (memory.SMOKE_SHAPE if smoke else memory.DEFAULT_SHAPE)
+        result["memory"] = memory.run(shape, dtypes[0])
     if args.which in ("all", "ctc"):
         shape = args.ctc_shape or (ctc.SMOKE_SHAPE if smoke else ctc.DEFAULT_SHAPE)
         result["ctc"] = ctc.run(shape, dtypes[0], repeats)

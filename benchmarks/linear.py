@@ -32,17 +32,23 @@ SMOKE_SHAPES = ((64, 32, 512),)
 PROBE = Path(__file__).with_name("rss_probe.py")
 
 
-def peak_rss_growth(n: int, h: int, v: int, variant: str, dtype) -> int | None:
+def peak_rss_growth(
+    n: int, h: int, v: int, variant: str, dtype, chunk_size: int | None = None, xla_flags: str = ""
+) -> int | None:
     """Bytes by which one value-and-gradient call grows the resident set of a fresh
     process, sampled from a thread while it runs (inputs made, program compiled and
     called once first). ``variant`` is one of ``RSS_VARIANTS``: ``"floor"`` is a program
-    that only writes arrays of the gradients' shapes, the least any call can add."""
+    that only writes arrays of the gradients' shapes, the least any call can add.
+    ``chunk_size`` is the fused variants'; ``xla_flags`` are added to the process's."""
     # A fixed mmap threshold: every large buffer is mapped when allocated and unmapped
     # when freed. (glibc raises its threshold after such frees, so the set-up call's
     # buffers could otherwise be reused from the heap, unseen by the resident set.)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**16))
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    chunk = [] if chunk_size is None else [str(chunk_size)]
     proc = subprocess.run(
-        [sys.executable, str(PROBE), str(n), str(h), str(v), variant, jnp.dtype(dtype).name],
+        [sys.executable, str(PROBE), str(n), str(h), str(v), variant, jnp.dtype(dtype).name]
+        + chunk,
         capture_output=True,
         text=True,
         timeout=1800,

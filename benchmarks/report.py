@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from benchmarks import ctc, linear, lm, losses, matmuls
+from benchmarks import ctc, linear, lm, losses, matmuls, memory
 
 TABLES = {
     "losses": losses.table,
     "linear": linear.table,
     "lm": lm.table,
     "matmuls": matmuls.table,
+    "memory": memory.table,
     "ctc": ctc.table,
 }
 

@@ -1,5 +1,6 @@
 """The peak growth of the resident set during one value-and-gradient call of a linear
-head, printed in bytes: ``python benchmarks/rss_probe.py N H V VARIANT DTYPE``.
+head, printed in bytes: ``python benchmarks/rss_probe.py N H V VARIANT DTYPE [CHUNK]``
+(``CHUNK``: the fused variants' ``chunk_size``; their default otherwise).
 
 A fresh process per measurement: inputs made, program compiled and called once (the
 runtime's one-time set-up is not the call's memory), then one call with a thread
@@ -28,11 +29,13 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
-def step_of(variant: str, y):
+def step_of(variant: str, y, chunk_size: int | None = None):
     if variant == "fused":
-        loss = lambda x, w: jl.linear_cross_entropy(x, w, y)  # noqa: E731
+        loss = lambda x, w: jl.linear_cross_entropy(x, w, y, chunk_size=chunk_size)  # noqa: E731
     elif variant == "one-pass":
-        loss = lambda x, w: jl.linear_cross_entropy(x, w, y, passes=1)  # noqa: E731
+        loss = lambda x, w: jl.linear_cross_entropy(  # noqa: E731
+            x, w, y, passes=1, chunk_size=chunk_size
+        )
     elif variant == "naive":
         loss = lambda x, w: jl.cross_entropy(  # noqa: E731
             jnp.matmul(x, w, preferred_element_type=jnp.float32), y
@@ -76,7 +79,8 @@ def main(argv: list[str]) -> None:
     x = jax.random.normal(keys[0], (n, h)).astype(dtype)
     w = (jax.random.normal(keys[1], (h, v)) / h**0.5).astype(dtype)
     y = jax.random.randint(keys[2], (n,), 0, v)
-    step = jax.jit(step_of(variant, y)).lower(x, w).compile()
+    chunk_size = int(argv[5]) if len(argv) > 5 else None
+    step = jax.jit(step_of(variant, y, chunk_size)).lower(x, w).compile()
     print(peak_growth(step, x, w))
 
 

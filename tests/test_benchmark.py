@@ -13,6 +13,7 @@ from benchmarks import ctc as ctc_suite
 from benchmarks import linear as linear_suite
 from benchmarks import losses as loss_suite
 from benchmarks import matmuls as matmul_suite
+from benchmarks import memory as memory_suite
 
 
 @pytest.mark.exhaustive
@@ -111,10 +112,11 @@ def test_every_option_has_help_and_states_its_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "python -m benchmarks [losses|linear|lm|matmuls|ctc|all]" in text  # the description
+    assert "python -m benchmarks [losses|linear|lm|matmuls|memory|ctc|all]" in text
     for option, default in [
-        ("{all,losses,linear,lm,matmuls,ctc}", "(default: all)"),
+        ("{all,losses,linear,lm,matmuls,memory,ctc}", "(default: all)"),
         ("--matmul-shape MATMUL_SHAPE", "(default: 8192x512x32768)"),
+        ("--memory-shape MEMORY_SHAPE", "(default: 8192x512x65536)"),
         ("--ctc-shape CTC_SHAPE", "(default: 32x500x1000x100)"),
         ("--lm-shapes LM_SHAPES", "(default: 8192x512x65536,2048x512x32768)"),
         ("--sizes SIZES", "(default: 4096x32768)"),
@@ -198,3 +200,29 @@ def test_the_matmul_floor_is_the_three_products_and_the_rows_compute_one_loss():
     for name, step in steps.items():
         for a, b in zip(jax.tree.leaves(step(x, w, y)), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.exhaustive
+def test_the_memory_suite_accounts_for_the_resident_set():
+    """Each row is measured in its own process: the floor program grows the resident set
+    by about dX + dW; the fused loss by more, and by less with half its chunk size, whose
+    compiled temporaries are smaller; the table shows every row."""
+    n, h, v = 512, 64, 16384
+    rows = {r["program"]: r for r in memory_suite.run((n, h, v), "float32")}
+    half = memory_suite.auto_chunk_size(n, v) // 2
+    assert list(rows) == [
+        "floor program",
+        "linear_cross_entropy",
+        f"chunk_size={half}",
+        "XLA's own dot (no YNNPACK)",
+    ]
+    gradients = (n * h + h * v) * 4
+    assert all(r["gradient_bytes"] == gradients for r in rows.values())
+    assert 0.9 * gradients <= rows["floor program"]["rss_growth"] <= 1.2 * gradients
+    fused, halved = rows["linear_cross_entropy"], rows[f"chunk_size={half}"]
+    assert halved["temp_bytes"] < fused["temp_bytes"]
+    assert rows["floor program"]["rss_growth"] < halved["rss_growth"] < fused["rss_growth"]
+    assert fused["above_gradients"] == fused["rss_growth"] - gradients
+    assert rows["floor program"]["temp_bytes"] is None
+    assert rows["XLA's own dot (no YNNPACK)"]["rss_growth"] > gradients
+    assert memory_suite.table(list(rows.values())).count("\n| ") == 4

@@ -311,6 +311,24 @@ def test_compiled_temporary_memory_stays_below_the_logits():
     assert fused <= bound < naive, (fused, bound, naive)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 128, 64])
+def test_one_pass_float32_temporaries_are_two_chunks_of_logits(chunk_size):
+    """docs/benchmarks.md: the default on one device in float32 keeps two chunk x V
+    float32 buffers (the logits and their gradient) and little else, so halving
+    chunk_size halves its temporaries."""
+    from jaxloss._fused.engine import auto_chunk_size
+
+    n, h, v = 1024, 64, 16384
+    dims = [((n, h), jnp.float32), ((h, v), jnp.float32), ((n,), jnp.int32)]
+    shapes = [jax.ShapeDtypeStruct(s, d) for s, d in dims]
+    temps = _temp_bytes(
+        lambda x, w, y: jl.linear_cross_entropy(x, w, y, chunk_size=chunk_size), *shapes
+    )
+    chunk = chunk_size or auto_chunk_size(n, v)
+    assert chunk_size or chunk == 256
+    assert 2 * chunk * v * 4 <= temps <= 2 * chunk * v * 4 + h * chunk * 4 * 4, temps
+
+
 def test_auto_chunk_size_bounds_one_chunk_of_logits():
     from jaxloss._fused.engine import CHUNK_BYTES, auto_chunk_size
 

@@ -19,7 +19,7 @@ from jax.typing import ArrayLike
 
 from jaxloss import _checks
 from jaxloss._fused import driver, engine
-from jaxloss._fused.chunking import VocabChunk
+from jaxloss._fused.chunking import VocabChunk, spread_over_devices
 from jaxloss._reduce import explicit_sharding, poison
 from jaxloss._softmax import max_and_sum_exp
 from jaxloss._targets import IGNORED, OUT_OF_RANGE
@@ -271,6 +271,8 @@ def _linear_kl_div(
         x2 = poison(x2, codes == OUT_OF_RANGE)  # nan value and gradient
         return driver.HeadTokens(x2, (keep, rows), keep.astype(acc))
 
+    if teacher_w is not None:  # gathered once, as the student's w is
+        teacher_w, _ = engine.whole_hidden(teacher_w, spread_over_devices(x))
     teacher = Teacher(teacher_w, inv_t)
     return driver.fused_loss(
         head, x, w, None, codes, rows, teacher, weighting, plan, head_tokens

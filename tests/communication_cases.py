@@ -9,6 +9,7 @@ the same layout and mode.
 
 import json
 import os
+import pathlib
 import sys
 
 if __name__ == "__main__":  # not when pytest's doctest collector imports this file
@@ -23,7 +24,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jaxloss as jl  # noqa: E402
-from benchmarks.measure import collective_elements  # noqa: E402
+from benchmarks.measure import collective_elements, environment  # noqa: E402
 from tests.sharded_cases import MODES, fused_layouts  # noqa: E402
 
 
@@ -37,9 +38,25 @@ def unfused_kl(x, w, y, t):
     return jl.kl_div(student, teacher, reduction="batchmean")
 
 
-def losses(chunk):
+def replicated(w, mesh, mode_name):
+    """``w`` replicated over ``mesh``: what a user does where the tokens and ``w``'s
+    vocabulary share a mesh axis, as the unfused ``x @ w`` does itself."""
+    if MODES[mode_name][0] == jax.sharding.AxisType.Explicit:
+        return jax.sharding.reshard(w, P())
+    return jax.lax.with_sharding_constraint(w, NamedSharding(mesh, P()))
+
+
+def losses(chunk, layout, mesh, mode_name):
     """Each fused loss with the unfused loss it is compared with."""
-    return {
+    same_axis = {
+        "linear_cross_entropy_w_replicated": (
+            lambda x, w, y, t: jl.linear_cross_entropy(
+                x, replicated(w, mesh, mode_name), y, chunk_size=chunk, label_smoothing=0.1
+            ),
+            unfused,
+        ),
+    }
+    return (same_axis if layout == "vocab_on_data" else {}) | {
         "linear_cross_entropy": (
             lambda x, w, y, t: jl.linear_cross_entropy(
                 x, w, y, chunk_size=chunk, label_smoothing=0.1
@@ -84,6 +101,8 @@ def count(fn, mesh, mode_name, args):
 
 
 def main(tokens_per_device, hidden, vocab, chunk, modes, dtypes, layouts=None):
+    """Prints a JSON line per cell and loss, and returns them."""
+    lines = []
     for mode_name in modes:
         for layout, (mesh, x_spec, w_spec, y_spec) in fused_layouts(MODES[mode_name][0]).items():
             if layouts is not None and layout not in layouts:
@@ -101,7 +120,7 @@ def main(tokens_per_device, hidden, vocab, chunk, modes, dtypes, layouts=None):
                     shape((hidden, vocab), dtype, w_spec),
                 )
                 baselines = {}
-                for name, (fused, baseline) in losses(chunk).items():
+                for name, (fused, baseline) in losses(chunk, layout, mesh, mode_name).items():
                     if baseline not in baselines:
                         baselines[baseline] = count(baseline, mesh, mode_name, args)
                     line = {
@@ -110,6 +129,8 @@ def main(tokens_per_device, hidden, vocab, chunk, modes, dtypes, layouts=None):
                         "unfused": baselines[baseline],
                     }  # fmt: skip
                     print(json.dumps(line), flush=True)
+                    lines.append(line)
+    return lines
 
 
 if __name__ == "__main__":
@@ -118,5 +139,8 @@ if __name__ == "__main__":
         main(256, 64, 4096, 64, list(MODES), [jnp.bfloat16, jnp.float32])
     elif sys.argv[1] == "sample":  # two cells of the matrix
         main(256, 64, 4096, 64, ["auto_mesh"], [jnp.bfloat16], ["fsdp", "data+vocab"])
-    else:  # the training shape, one mode
-        main(8192, 1024, 32768, None, ["auto_mesh"], [jnp.bfloat16])
+    else:  # the training shape; "large PATH" also saves the lines (docs/sharding.md)
+        lines = main(8192, 1024, 32768, None, list(MODES), [jnp.bfloat16, jnp.float32])
+        if len(sys.argv) > 2:
+            saved = {"environment": environment(), "shape": [8192, 1024, 32768]}
+            pathlib.Path(sys.argv[2]).write_text(json.dumps(saved | {"cells": lines}, indent=1))

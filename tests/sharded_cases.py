@@ -433,6 +433,43 @@ def unplaced_arguments(mode_name: str) -> None:
                 report(mode_name, layout, name, value, grad, *expected, "")
 
 
+def other_meshes(mode_name: str) -> None:
+    """The fused losses with no mesh set, on devices other than all eight in order: the
+    arrays on one device, FSDP on a mesh of four, and a 2 x 4 mesh of the devices in
+    another order (the constraint that gathers an FSDP w names no mesh)."""
+    assert mode_name == "auto"
+    hidden, w, y = inputs()[3], inputs()[4], inputs()[1]
+    losses = {
+        "linear_cross_entropy": lambda h, w, y: jl.linear_cross_entropy(h, w, y, chunk_size=16),
+        "linear_kl_div": lambda h, w, y: jl.linear_kl_div(h, w, h, w * 0.5, targets=y),
+    }
+    four = jax.sharding.Mesh(np.array(jax.devices()[4:]), ("d",))
+    shuffled = np.array(jax.devices())[[3, 1, 7, 5, 0, 2, 6, 4]].reshape(2, 4)
+    two = jax.sharding.Mesh(shuffled, ("d", "v"))
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[3])
+    layouts = {
+        "one device of eight": (one, one, one),
+        "fsdp on four devices": (
+            NamedSharding(four, P("d", None)), NamedSharding(four, P("d", None)),
+            NamedSharding(four, P("d")),
+        ),
+        "fsdp over a shuffled 2 x 4 mesh": (
+            NamedSharding(two, P(("d", "v"), None)), NamedSharding(two, P(("v", "d"), None)),
+            NamedSharding(two, P(("d", "v"))),
+        ),
+    }  # fmt: skip
+    for name, fn in losses.items():
+        step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+        expected = reference(f"other meshes {name}", lambda: step(hidden, w, y))
+        for layout, shardings in layouts.items():
+            args = [jax.device_put(a, s) for a, s in zip((hidden, w, y), shardings, strict=True)]
+            value, grad = step(*args)
+            report(mode_name, layout, name, value, grad, *expected, "")
+            # Nothing of the loss's own making enters the results' types.
+            meshes = {jax.typeof(a).sharding.mesh for a in (value, *grad, *args)}
+            print(json.dumps({"layout": layout, "case": name, "meshes": len(meshes)}))
+
+
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     part, *mode_names = sys.argv[1:]
@@ -440,5 +477,5 @@ if __name__ == "__main__":
         communication()
     for mode_name in mode_names:
         parts = {"logits": run_logit_losses, "ctc": ctc_losses, "fused": fused_losses,
-                 "unplaced": unplaced_arguments}  # fmt: skip
+                 "unplaced": unplaced_arguments, "meshes": other_meshes}  # fmt: skip
         parts[part](mode_name)

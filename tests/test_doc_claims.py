@@ -1149,7 +1149,12 @@ def readme_dtypes():
 
 MEASUREMENTS = DOCS / "measurements"
 MEASURED_PAGES = {
-    "docs/benchmarks.md": ["cpu-losses.json", "cpu-matmuls.json", "cpu-ctc.json"],
+    "docs/benchmarks.md": [
+        "cpu-losses.json",
+        "cpu-matmuls.json",
+        "cpu-memory.json",
+        "cpu-ctc.json",
+    ],
     "docs/large-vocab.md": ["cpu-linear.json", "cpu-lm.json"],
 }
 FIGURE = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?\s?(?:ms|MiB|GiB|GB/s|MB|s\b|×)")
@@ -1262,3 +1267,92 @@ def test_the_lm_head_example_figures_are_the_raw_data():
             key[0]
         ) * int(key[-1])
         assert f"Measured {run['date']} on a 2-core x86_64 VM, jax {run['jax']}" in page
+
+
+COMMUNICATION_ROWS = (  # layout, loss, the mode the row shows, label
+    ("data", "linear_cross_entropy", "auto_mesh", 'tokens over `"data"`, `w` replicated'),
+    (
+        "fsdp",
+        "linear_cross_entropy",
+        "auto_mesh",
+        'tokens over `"data"`, `w` FSDP (`P("data", None)`)',
+    ),
+    ("fsdp", "linear_cross_entropy", "auto", "the same with no mesh set"),
+    (
+        "vocab_on_data",
+        "linear_cross_entropy",
+        "auto_mesh",
+        'tokens and `w`\'s vocabulary both over `"data"`',
+    ),
+    (
+        "vocab_on_data",
+        "linear_cross_entropy_w_replicated",
+        "auto_mesh",
+        "the same, `w` replicated by the caller first",
+    ),
+    (
+        "data+vocab",
+        "linear_cross_entropy",
+        "auto_mesh",
+        '2 × 4 (`"data"`, `"vocab"`), `w` as `P(None, "vocab")`',
+    ),
+    (
+        "vocab",
+        "linear_cross_entropy",
+        "auto_mesh",
+        "tokens replicated, `w`'s vocabulary over 8 devices",
+    ),
+)
+COMMUNICATION_COLUMNS = ("linear_cross_entropy_one_pass", "linear_kl_div", "linear_kl_div_topk")
+
+
+def communication_table(cells) -> str:
+    """docs/sharding.md's table of the fused losses' collectives relative to the unfused
+    loss, from the saved cells: bfloat16 / float32, in the mode each row names."""
+    ratios = {
+        (c["mode"], c["layout"], c["loss"], c["dtype"]): c["fused"] / c["unfused"]
+        for c in cells
+        if not isinstance(c["fused"], str) and not isinstance(c["unfused"], str)
+    }
+
+    def cell(*key):
+        if (*key, "float32") not in ratios:
+            return "—"
+        shown = [ratios[(*key, d)] for d in ("bfloat16", "float32")]
+        return " / ".join(f"{r:.2f}×" if r < 10 else f"{r:.0f}×" for r in shown)
+
+    lines = [
+        "| layout (`x`, `w`) | `linear_cross_entropy` | one pass | `linear_kl_div`, dense "
+        "| top-2 teacher |",
+        "|---|---|---|---|---|",
+    ]
+    for layout, loss, mode, label in COMMUNICATION_ROWS:
+        plain = loss == "linear_cross_entropy"
+        others = [cell(mode, layout, c) if plain else "—" for c in COMMUNICATION_COLUMNS]
+        lines.append(f"| {label} | {cell(mode, layout, loss)} | {' | '.join(others)} |")
+    return "\n".join(lines)
+
+
+def test_the_communication_table_is_the_saved_run():
+    """docs/sharding.md's communication table is the run saved in docs/measurements;
+    explicit sharding and automatic sharding under a mesh agree in every cell (explicit
+    sharding refuses the same-axis layout, as x @ w does), and so does automatic
+    sharding with no mesh set in every cell but an FSDP w's, which the table shows."""
+    saved = json.loads((MEASUREMENTS / "cpu-communication.json").read_text())
+    cells = saved["cells"]
+    page = _page("docs/sharding.md")
+    assert communication_table(cells) in page, communication_table(cells)
+    env = saved["environment"]
+    assert f"measured {env['date']} on a 2-core x86_64 VM, jax {env['jax']}" in page
+    by_mode: dict = {}
+    for c in cells:
+        if isinstance(c["fused"], str) or isinstance(c["unfused"], str):
+            assert c["mode"] == "explicit" and c["layout"] == "vocab_on_data", c
+            continue
+        key = (c["layout"], c["dtype"], c["loss"])
+        by_mode.setdefault(key, {})[c["mode"]] = c["fused"] / c["unfused"]
+    assert len(by_mode) == 2 * (5 * 5 + 1)
+    for key, modes in by_mode.items():
+        if key[0] == "fsdp":
+            modes.pop("auto")
+        assert max(modes.values()) - min(modes.values()) < 0.005, (key, modes)

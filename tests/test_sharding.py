@@ -86,6 +86,18 @@ def test_fused_losses_take_replicated_targets_and_a_w_off_the_mesh():
     check_agreement(results)
 
 
+@pytest.mark.exhaustive
+def test_fused_losses_with_no_mesh_run_on_any_devices():
+    """With no mesh set, the gather of an FSDP w names no devices: the fused losses run
+    on one device of eight, on a mesh of four, and on a mesh of the devices shuffled."""
+    lines = run_script("sharded_cases.py", "meshes", "auto")
+    results = [r for r in lines if "meshes" not in r]
+    assert len(results) == 2 * 3
+    check_agreement(results)
+    # The results are typed on the mesh of the arguments, or on none.
+    assert [r["meshes"] for r in lines if "meshes" in r] == [1] * 6
+
+
 @pytest.mark.exhaustive(quick_cases=1)
 @pytest.mark.parametrize("mode", MODES)
 def test_ctc_losses_equal_one_device_with_the_batch_sharded_and_gather_nothing(mode):
@@ -137,38 +149,55 @@ def check_fused_results(mode, results):
 def communication_ratios(lines):
     ratios = {}
     for r in lines:
+        explicit_same_axis = r["mode"] == "explicit" and r["layout"] == "vocab_on_data"
         if isinstance(r["fused"], str):
-            assert r["mode"] == "explicit" and r["layout"] == "vocab_on_data", r
+            assert explicit_same_axis, r
             assert "reshard" in r["fused"] and isinstance(r["unfused"], str), r
+            continue
+        if isinstance(r["unfused"], str):  # x @ w raises; the fused loss after a reshard
+            assert explicit_same_axis and r["loss"].endswith("w_replicated"), r
             continue
         ratios[r["mode"], r["layout"], r["dtype"], r["loss"]] = r["fused"] / r["unfused"]
     return ratios
 
 
-# Tokens and w's vocabulary split over the same axis: the partitioner moves blocks of
-# x's chunks between devices in every chunk; and a top-k teacher's scatter. Both
-# measured and documented in docs/sharding.md as short of the unfused loss's level.
-SAME_AXIS_LIMIT = 2.1
+# Tokens and w's vocabulary split over the same axis: the partitioner moves each chunk
+# of x, and its gradient, between devices (1.1x once the caller replicates w, as x @ w
+# itself does); and a top-k teacher's scatter. Both measured and documented in
+# docs/sharding.md as short of the unfused loss's level.
+# And an FSDP w with no mesh set, gathered once per pass.
+SAME_AXIS_LIMIT = 3.1
+SAME_AXIS_TOP_K_LIMIT = 3.5
 TOP_K_LIMIT = 2.3
+NO_MESH_FSDP_LIMIT = 1.7
 
 
 def limit(key):
+    same_axis = key[1] == "vocab_on_data" and not key[3].endswith("w_replicated")
     if key[3] == "linear_kl_div_topk":
-        return TOP_K_LIMIT
-    return SAME_AXIS_LIMIT if key[1] == "vocab_on_data" else 1.1
+        return SAME_AXIS_TOP_K_LIMIT if same_axis else TOP_K_LIMIT
+    if key[:2] == ("auto", "fsdp"):
+        return NO_MESH_FSDP_LIMIT
+    return SAME_AXIS_LIMIT if same_axis else 1.1
 
 
 @pytest.mark.exhaustive
 def test_fused_losses_communicate_as_the_unfused_loss_at_the_training_shape():
-    """8,192 tokens per device, H = 1,024, V = 32,768, bfloat16, under jax.set_mesh:
-    collective elements (loops weighted by trip count) of value and gradients, against
-    the unfused loss in the same layout."""
+    """8,192 tokens per device, H = 1,024, V = 32,768, bfloat16 and float32, in the three
+    modes: collective elements (loops weighted by trip count) of value and gradients,
+    against the unfused loss in the same layout and mode. An FSDP-sharded w is gathered
+    once with a mesh set, and once per pass with none."""
     ratios = communication_ratios(run_script("communication_cases.py", "large"))
     assert {key[1] for key in ratios} == {"data", "fsdp", "vocab_on_data", "data+vocab", "vocab"}
+    assert len({key[:3] for key in ratios}) == 3 * 5 * 2 - 2
     for key, ratio in ratios.items():
         if key[3] == "linear_cross_entropy_one_pass":
             continue  # one pass reduces dw per chunk on several devices (documented)
         assert ratio <= limit(key), (key, ratio)
+    for loss in ("linear_cross_entropy", "linear_kl_div"):
+        for mode in ("auto_mesh", "explicit"):
+            assert ratios[mode, "fsdp", "float32", loss] <= 1.0 + 1e-4, (mode, loss)
+        assert ratios["auto", "fsdp", "bfloat16", loss] <= 1.0 + 1e-4, loss
     # One pass accumulates the weight gradient over token chunks: with the tokens split
     # over devices the partitioner reduces it in every chunk.
     assert ratios["auto_mesh", "data", "bfloat16", "linear_cross_entropy_one_pass"] > 100
@@ -182,7 +211,7 @@ def test_fused_losses_compile_in_every_layout_mode_and_dtype():
     assert len({key[:3] for key in ratios}) == 3 * 5 * 2 - 2
     for key, ratio in ratios.items():
         if key[3] != "linear_cross_entropy_one_pass":
-            assert ratio <= max(limit(key), SAME_AXIS_LIMIT), (key, ratio)
+            assert ratio <= max(limit(key), 2.1), (key, ratio)
 
 
 @pytest.mark.exhaustive

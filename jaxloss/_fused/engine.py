@@ -204,17 +204,19 @@ def check_layout(x, w) -> None:
         )
 
 
-def _whole_hidden(w, spread: bool):
+def whole_hidden(w, spread: bool):
     """``w`` with its hidden axis whole on every device, and a function that returns a
     gradient to ``w``'s sharding.
 
     An FSDP-sharded ``w`` (hidden axis split) is gathered once here, before the loops:
     left to the partitioner, the gather would happen in every chunk. Under explicit
     sharding the spec says which axes to gather. Under automatic sharding the layout
-    cannot be seen while tracing: with an automatic mesh set (``jax.set_mesh``) a constraint asks
+    cannot be seen while tracing: with a mesh set (``jax.set_mesh``) a constraint asks
     for the hidden axis whole and leaves the vocabulary axis to the partitioner (a
-    no-op for any other layout); with none set there is no mesh to name, and the
-    partitioner decides.
+    no-op for any other layout). With none set there is no mesh to state it over (one
+    made up here would not be the mesh of the arrays), and the partitioner decides:
+    it gathers ``w`` once for the first pass, and each vocabulary chunk again in the
+    second.
     """
     sharding = explicit_sharding(w)
     if sharding is None:
@@ -359,6 +361,14 @@ def _matmul_dtype(x, w):
     return jnp.promote_types(x.dtype, w.dtype)
 
 
+def _dx_buffer(walk: _TokenWalk):
+    """The viewed ``dL/dx`` a pass fills chunk by chunk: ``x`` itself, every chunk of
+    which is overwritten. Zeros would do as well, but from ``x`` the partitioner lays
+    the gradient out as ``x`` is; left to choose, it may split it along the hidden
+    axis like an FSDP-sharded ``w``, and gather each chunk's logit gradient to do so."""
+    return walk.xs + walk.zero.astype(walk.xs.dtype)
+
+
 class Gradients(NamedTuple):
     total: jax.Array  # the scaled sum
     stats: jax.Array  # per token
@@ -375,13 +385,7 @@ def one_pass_grads(head: Head, x, w, bias, tokens, params, token_scale, config: 
     acc, zero = walk.zero.dtype, walk.zero
     db = None if bias is None else jnp.zeros_like(bias, dtype=acc) + zero
     dw = jnp.zeros_like(w, dtype=acc) + zero
-    init = Gradients(
-        zero,
-        walk.rows(head.stats_width) + zero,
-        jnp.zeros_like(walk.xs) + zero.astype(walk.xs.dtype),
-        dw,
-        db,
-    )
+    init = Gradients(zero, walk.rows(head.stats_width) + zero, _dx_buffer(walk), dw, db)
 
     def body(i, carry: Gradients) -> Gradients:
         out = _chunk_grads(head, walk, i, w, bias, params)
@@ -410,12 +414,7 @@ def two_pass_grads(head: Head, x, w, bias, tokens, params, token_scale, config: 
     walk = _TokenWalk.of(x, w, bias, tokens, params, token_scale, config)
     zero = walk.zero
     rows = (walk.rows(head.stats_width), walk.rows(head.saved_width))
-    init = (
-        zero,
-        rows[0] + zero,
-        jnp.zeros_like(walk.xs) + zero.astype(walk.xs.dtype),
-        rows[1] + zero,
-    )
+    init = (zero, rows[0] + zero, _dx_buffer(walk), rows[1] + zero)
 
     def body(i, carry):
         total, stats, dx, saved = carry
@@ -546,7 +545,7 @@ def weight_pass(head: Head, x, w, bias, tokens, params, token_scale, saved, conf
 def gradients(head: Head, x, w, bias, tokens, params, token_scale, config: Config) -> Gradients:
     """``sum_n c_n l_n``, its gradients for x, w and bias, and the statistics, in
     ``config.passes`` passes."""
-    w_whole, to_w_sharding = _whole_hidden(w, spread_over_devices(x))
+    w_whole, to_w_sharding = whole_hidden(w, spread_over_devices(x))
     take_passes = one_pass_grads if config.passes == 1 else two_pass_grads
     out = take_passes(head, x, w_whole, bias, tokens, params, token_scale, config)
     return out._replace(w=to_w_sharding(out.w.astype(w.dtype)))
@@ -637,7 +636,7 @@ def _merge_examples(a):
 
 
 def _forward(head: Head, config: Config, x, w, bias, tokens, params, token_scale):
-    w, _ = _whole_hidden(w, spread_over_devices(x))
+    w, _ = whole_hidden(w, spread_over_devices(x))
     return forward_pass(head, x, w, bias, tokens, params, token_scale, config)
 
 

@@ -326,7 +326,9 @@ def test_one_pass_float32_temporaries_are_two_chunks_of_logits(chunk_size):
     )
     chunk = chunk_size or auto_chunk_size(n, v)
     assert chunk_size or chunk == 256
-    assert 2 * chunk * v * 4 <= temps <= 2 * chunk * v * 4 + h * chunk * 4 * 4, temps
+    # "Little else": at most sixteen float32 rows of the hidden size per token of the
+    # chunk (jax 0.10 needs four, jax 0.8 about nine), a 1/16 of one logit row here.
+    assert 2 * chunk * v * 4 <= temps <= 2 * chunk * v * 4 + 16 * h * chunk * 4, temps
 
 
 def test_auto_chunk_size_bounds_one_chunk_of_logits():

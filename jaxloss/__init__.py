@@ -3,10 +3,11 @@
 from jaxloss._binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from jaxloss._classification import cross_entropy, nll_loss
 from jaxloss._ctc import ctc_loss, ctc_loss_with_paddings
-from jaxloss._distill import linear_kl_div
+from jaxloss._distill import linear_jsd, linear_kl_div
 from jaxloss._divergence import kl_div
 from jaxloss._focal import poly1_cross_entropy, sigmoid_focal_loss, softmax_focal_loss
 from jaxloss._linear import linear_cross_entropy
+from jaxloss._logprobs import linear_log_probs
 from jaxloss._margin import (
     hinge_embedding_loss,
     hinge_loss,
@@ -36,7 +37,9 @@ __all__ = [
     "hinge_loss",
     "kl_div",
     "linear_cross_entropy",
+    "linear_jsd",
     "linear_kl_div",
+    "linear_log_probs",
     "log_sigmoid",
     "log_softmax",
     "multi_margin_loss",

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxloss import _checks
@@ -423,3 +425,292 @@ def linear_kl_div(
     else:
         codes = driver.token_codes(targets, x, plan.vocab_size, ignore_index)
     return _linear_kl_div(x, w, rows, projection, codes, plan, temperature, weighting)
+
+
+# --- linear_jsd ------------------------------------------------------------------------
+
+
+def _log_softmax_and_lse(s):
+    m, total = max_and_sum_exp(s, -1)
+    lse = m + jnp.log(total)
+    return s - lse, lse[:, 0]
+
+
+def _where_mass(p, value):
+    """``p * value``, and 0 where ``p`` is 0 (``0 log 0 = 0``, and no nan gradient); a nan
+    ``p`` stays nan."""
+    return jnp.where(p == 0, 0.0, p * jnp.where(p == 0, 0.0, value))
+
+
+def _jsd_rows(log_q, log_p, beta: float):
+    """Per token (rows of log-probabilities, classes last): the generalized JSD of the
+    student ``q`` and the teacher ``p``, and ``r``, what its gradient subtracts
+    (``KL(q || m)``, or ``KL(q || p)`` for ``beta = 1``)."""
+    q, p = jnp.exp(log_q), jnp.exp(log_p)
+    if beta == 0.0:  # KL(p || q)
+        loss = jnp.sum(_where_mass(p, log_p - log_q), axis=-1)
+        return loss, jnp.zeros_like(loss)
+    if beta == 1.0:  # KL(q || p)
+        loss = jnp.sum(_where_mass(q, log_q - log_p), axis=-1)
+        return loss, loss
+    log_m = jnp.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
+    kl_pm = jnp.sum(_where_mass(p, log_p - log_m), axis=-1)
+    kl_qm = jnp.sum(_where_mass(q, log_q - log_m), axis=-1)
+    return beta * kl_pm + (1.0 - beta) * kl_qm, kl_qm
+
+
+def _jsd_grad(log_q, log_p, r, beta: float):
+    """The gradient of the per-token JSD in the scaled student logits ``s`` (``q =
+    softmax(s)``), from the log-probabilities of any columns and the row's ``r``."""
+    q = jnp.exp(log_q)
+    if beta == 0.0:
+        return q - jnp.exp(log_p)
+    if beta == 1.0:
+        return _where_mass(q, log_q - log_p - r)
+    log_m = jnp.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
+    return (1.0 - beta) * _where_mass(q, log_q - log_m - r)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _jsd_of_logits(beta: float, z, log_p, keep, inv_t):
+    log_q, _ = _log_softmax_and_lse(z * inv_t)
+    return jnp.where(keep, _jsd_rows(log_q, log_p, beta)[0], 0.0)
+
+
+@_jsd_of_logits.defjvp
+def _jsd_of_logits_jvp(beta, primals, tangents):
+    z, log_p, keep, inv_t = primals
+    log_q, _ = _log_softmax_and_lse(z * inv_t)
+    loss, r = _jsd_rows(log_q, log_p, beta)
+    g = jnp.where(keep[:, None], _jsd_grad(log_q, log_p, r[:, None], beta) * inv_t, 0.0)
+    dz = jnp.where(keep[:, None], tangents[0], 0.0)
+    return jnp.where(keep, loss, 0.0), jnp.sum(g * dz, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class JSDHead:
+    """The generalized JSD of ``softmax(z / T)`` and the teacher's ``softmax(u / T)``
+    (``engine.Head``). Tokens: ``(keep, TeacherRows)`` (a dense teacher); params: a
+    ``Teacher``. Saved per token: both log-partitions (of the scaled logits) and ``r``."""
+
+    vocab: int
+    padded: int
+    beta: float
+
+    @property
+    def saved_width(self) -> int:
+        return 3
+
+    @property
+    def stats_width(self) -> int:
+        return 0
+
+    def counted(self, tokens, teacher: Teacher):
+        return tokens[0]
+
+    def _scaled(self, z, ids, inv_t):
+        if self.vocab < self.padded:
+            z = engine.mask_padding(z, ids, self.vocab)
+        return z * inv_t
+
+    def _teacher(self, tokens, teacher: Teacher, acc):
+        keep, rows = tokens
+        u, _ = _teacher_logits(rows, teacher.w, keep, teacher.inv_t, acc)
+        ids = jnp.arange(self.padded, dtype=jnp.int32)
+        return _log_softmax_and_lse(self._scaled(u, ids, 1.0))
+
+    def loss(self, z, tokens, teacher: Teacher):
+        log_p = jax.lax.stop_gradient(self._teacher(tokens, teacher, z.dtype)[0])
+        z = self._scaled(z, jnp.arange(self.padded, dtype=jnp.int32), 1.0)
+        loss = _jsd_of_logits(self.beta, z, log_p, tokens[0], teacher.inv_t)
+        return loss, jnp.zeros((z.shape[0], 0), z.dtype)
+
+    def loss_and_grad(self, z, tokens, teacher: Teacher, fill: Fill) -> engine.HeadTerms:
+        keep = tokens[0][:, None]
+        log_p, teacher_lse = self._teacher(tokens, teacher, z.dtype)
+        s = self._scaled(z, jnp.arange(self.padded, dtype=jnp.int32), teacher.inv_t)
+        log_q, lse = _log_softmax_and_lse(s)
+        loss, r = _jsd_rows(log_q, log_p, self.beta)
+        grad = jnp.where(keep, _jsd_grad(log_q, log_p, r[:, None], self.beta) * teacher.inv_t, 0.0)
+        saved = jnp.stack([lse, teacher_lse, r], axis=-1)
+        loss = jnp.where(keep[:, 0], loss, 0.0)
+        return engine.HeadTerms(loss, grad, saved, jnp.zeros((z.shape[0], 0), z.dtype))
+
+    def vocab_chunk_grad(self, z_t, tokens, saved, teacher: Teacher, chunk: VocabChunk, fill: Fill):
+        keep, rows = tokens
+        columns = chunk.ids()[:, None]
+        log_q = self._scaled(z_t, columns, teacher.inv_t) - saved[None, :, 0]
+        teacher_w = chunk.take(chunk.layout.view(teacher.w))
+        u, _ = _teacher_logits(rows, teacher_w, keep, teacher.inv_t, z_t.dtype)
+        log_p = self._scaled(u.T, columns, 1.0) - saved[None, :, 1]
+        grad = _jsd_grad(log_q, log_p, saved[None, :, 2], self.beta) * teacher.inv_t
+        return jnp.where(keep[None, :], grad, 0.0)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _linear_jsd(x, w, teacher_x, teacher_w, codes, plan: driver.Plan, beta, temperature, weighting):
+    acc = engine.accumulation_dtype(x, w)
+    inv_t = jax.lax.stop_gradient(1.0 / jnp.asarray(temperature, acc))
+    rows, teacher_w = jax.lax.stop_gradient((TeacherRows(teacher_x, None, None), teacher_w))
+    head = JSDHead(plan.vocab_size, w.shape[1], beta)
+
+    def head_tokens(x2, codes, rows):
+        keep = codes != IGNORED
+        x2 = poison(x2, codes == OUT_OF_RANGE)  # nan value and gradient
+        return driver.HeadTokens(x2, (keep, rows), keep.astype(acc))
+
+    teacher_w, _ = engine.whole_hidden(teacher_w, spread_over_devices(x))
+    teacher = Teacher(teacher_w, inv_t)
+    return driver.fused_loss(
+        head, x, w, None, codes, rows, teacher, weighting, plan, head_tokens
+    ).loss
+
+
+def _static_beta(beta) -> float:
+    """``beta`` as a Python float in ``[0, 1]`` (it selects the formula, so it is static)."""
+    if isinstance(beta, jax.core.Tracer):
+        raise TypeError("beta must be a concrete number in [0, 1] (static), not a traced value")
+    if isinstance(beta, (bool, np.bool_)) or not isinstance(beta, (int, float, np.number)):
+        if not (isinstance(beta, (np.ndarray, jax.Array)) and np.ndim(beta) == 0):
+            raise TypeError(f"beta must be a real number in [0, 1], got {beta!r}")
+    value = float(beta)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {value}")
+    return value
+
+
+def linear_jsd(
+    x: ArrayLike,
+    w: ArrayLike,
+    teacher_x: ArrayLike,
+    teacher_w: ArrayLike,
+    *,
+    beta: float = 0.5,
+    temperature: ArrayLike = 1.0,
+    targets: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    token_weight: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
+    chunk_size: int | None = None,
+    passes: int | None = None,
+    vocab_chunk_size: int | None = None,
+    vocab_size: int | None = None,
+) -> jax.Array:
+    r"""Distillation by the generalized Jensen-Shannon divergence of a language-model
+    head, fused: between the teacher's and the student's next-token distributions,
+    without either head's logits.
+
+    With the teacher's $P_n = \operatorname{softmax}(x^t_n W^t / T)$ and the student's
+    $Q_n = \operatorname{softmax}(x_n W / T)$, each kept token's loss is
+
+    $$
+    \ell_n = \begin{cases}
+    \mathrm{KL}(P_n \,\|\, Q_n) & \beta = 0 \text{ (forward)},\\
+    \mathrm{KL}(Q_n \,\|\, P_n) & \beta = 1 \text{ (reverse)},\\
+    \beta\,\mathrm{KL}(P_n \,\|\, M_n) + (1 - \beta)\,\mathrm{KL}(Q_n \,\|\, M_n),
+    \quad M_n = \beta P_n + (1 - \beta) Q_n & \text{otherwise},
+    \end{cases}
+    $$
+
+    Liger-Kernel's convention (its ``LigerFusedLinearJSD``): the endpoints are special
+    cases, not limits (the middle formula tends to 0 as $\beta \to 0$ or $1$), and
+    $\beta = 0.5$ is the symmetric Jensen-Shannon divergence. Unlike
+    [`linear_kl_div`][jaxloss.linear_kl_div], whose loss is $T^2\,\mathrm{KL}$, the
+    loss is not multiplied by $T^2$: ``linear_jsd(beta=0, temperature=T)`` is
+    ``linear_kl_div(temperature=T) / T**2``.
+
+    Gradient (the custom JVP rule; the teacher is a constant): in the scaled logits
+    $s_n = x_n W / T$, with $r_n$ the row's $\mathrm{KL}(Q_n \| M_n)$
+    ($\mathrm{KL}(Q_n \| P_n)$ for $\beta = 1$),
+
+    $$
+    \frac{\partial \ell_n}{\partial s_n} = \begin{cases}
+    Q_n - P_n & \beta = 0,\\
+    Q_n \odot (\log Q_n - \log P_n - r_n) & \beta = 1,\\
+    (1 - \beta)\, Q_n \odot (\log Q_n - \log M_n - r_n) & \text{otherwise},
+    \end{cases}
+    $$
+
+    divided by $T$ for the logits, then $\partial L / \partial x_n$ and
+    $\partial L / \partial W$ as in ``linear_kl_div``, formed chunk by chunk in one or
+    two passes (four or six matmuls per chunk: the teacher's logits are recomputed
+    with the student's). ``"none"`` recomputes each chunk in the backward pass.
+
+    Args:
+        x: the student's floating hidden states ``[..., H]``.
+        w: the student's projection ``[H, V]`` (Liger-Kernel's and PyTorch's
+            ``[V, H]`` weight transposed).
+        teacher_x: the teacher's hidden states ``[..., H_t]`` (``x``'s tokens).
+        teacher_w: the teacher's projection ``[H_t, V]``.
+        beta: $\beta \in [0, 1]$, a Python number (static: it selects the formula).
+        temperature: $T > 0$ (may be traced; no gradient).
+        targets: optional integer token ids of shape ``x.shape[:-1]``, used only to
+            mark ignored tokens (as in ``linear_kl_div``).
+        ignore_index: see ``targets`` (static).
+        reduction: ``"mean"`` (over kept tokens), ``"sum"``, ``"sequence_mean"`` or
+            ``"none"`` (static).
+        token_weight: optional non-negative weights of shape ``x.shape[:-1]``.
+        segment_ids: optional packed-sequence ids of shape ``x.shape[:-1]``, 0 for
+            padding.
+        normalizer: optional denominator of ``"mean"``/``"sequence_mean"``.
+        chunk_size: tokens per chunk (static), as in ``linear_kl_div``.
+        passes: 1 or 2 (static), as in ``linear_kl_div``.
+        vocab_chunk_size: vocabulary columns per step of the second pass (static).
+        vocab_size: the number of vocabulary entries in use (static): the columns of
+            ``w`` and ``teacher_w`` past them get probability 0 in both heads.
+
+    Returns:
+        A scalar, or per-token losses of shape ``x.shape[:-1]`` for ``"none"`` (0 on
+        tokens that are not kept), in the promoted dtype of ``x`` and ``w``; 16-bit
+        inputs are accumulated in float32.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxloss as jl
+        >>> jnp.set_printoptions(precision=4)
+        >>> x = jnp.array([[1.0, 0.5], [-0.5, 2.0]])
+        >>> w = jnp.array([[1.0, -1.0, 0.5], [0.5, 0.5, -1.0]])
+        >>> teacher_x = jnp.array([[0.5, 1.0, 0.0], [1.0, 0.0, 1.0]])
+        >>> teacher_w = jnp.eye(3)
+        >>> jl.linear_jsd(x, w, teacher_x, teacher_w, beta=0.5)
+        Array(0.1706, dtype=float32)
+        >>> p = jl.softmax(teacher_x @ teacher_w)
+        >>> q = jl.softmax(x @ w)
+        >>> m = (p + q) / 2
+        >>> (jl.kl_div(jnp.log(m), p, reduction="batchmean")  # the same, unfused
+        ...  + jl.kl_div(jnp.log(m), q, reduction="batchmean")) / 2
+        Array(0.1706, dtype=float32)
+        >>> jl.linear_jsd(x, w, teacher_x, teacher_w, beta=0.0)  # forward KL
+        Array(0.9483, dtype=float32)
+        >>> jl.linear_kl_div(x, w, teacher_x, teacher_w)  # the same at T = 1
+        Array(0.9483, dtype=float32)
+        >>> jax.grad(jl.linear_jsd)(x, w, teacher_x, teacher_w)
+        Array([[ 0.0633,  0.007 ],
+               [-0.0848,  0.0178]], dtype=float32)
+    """
+    x, w = driver.check_head(x, w)
+    weighting, plan = driver.check_token_options(
+        x,
+        w,
+        reduction=reduction,
+        token_weight=token_weight,
+        segment_ids=segment_ids,
+        normalizer=normalizer,
+        chunk_size=chunk_size,
+        passes=passes,
+        vocab_chunk_size=vocab_chunk_size,
+        vocab_size=vocab_size,
+    )
+    if teacher_x is None or teacher_w is None:
+        raise ValueError("linear_jsd needs the teacher's teacher_x and teacher_w")
+    rows, projection = _checked_teacher(teacher_x, teacher_w, None, x.shape[:-1], w.shape[1])
+    beta = _static_beta(beta)
+    temperature = _checks.real_scalar("temperature", temperature, minimum=0.0, strict=True)
+    ignore_index = _checks.ignore_index(ignore_index)
+    if targets is None:
+        codes = jnp.zeros(x.shape[:-1], jnp.int32)
+    else:
+        codes = driver.token_codes(targets, x, plan.vocab_size, ignore_index)
+    return _linear_jsd(x, w, rows.x, projection, codes, plan, beta, temperature, weighting)

@@ -38,6 +38,34 @@ def unfused_kl(x, w, y, t):
     return jl.kl_div(student, teacher, reduction="batchmean")
 
 
+def unfused_jsd(x, w, y, t):
+    log_q = jl.log_softmax(jnp.dot(x, w, preferred_element_type=jnp.float32))
+    log_p = jl.log_softmax(jnp.dot(x, t, preferred_element_type=jnp.float32))
+    log_m = jnp.logaddexp(jnp.log(0.3) + log_p, jnp.log(0.7) + log_q)
+    kl_pm = jnp.sum(jnp.exp(log_p) * (log_p - log_m), axis=-1)
+    kl_qm = jnp.sum(jnp.exp(log_q) * (log_q - log_m), axis=-1)
+    return jnp.mean(0.3 * kl_pm + 0.7 * kl_qm)
+
+
+def _policy_objective(log_probs, entropy, y):
+    """A policy-gradient objective: cotangents on both per-token outputs."""
+    return jnp.sum(jnp.cos(y.astype(jnp.float32)) * log_probs) + 0.1 * jnp.sum(entropy)
+
+
+def unfused_log_probs(x, w, y, t):
+    log_p = jl.log_softmax(jnp.dot(x, w, preferred_element_type=jnp.float32))
+    target = jnp.sum(jnp.where(y[:, None] == jnp.arange(w.shape[1]), log_p, 0.0), axis=-1)
+    return _policy_objective(target, -jnp.sum(jnp.exp(log_p) * log_p, axis=-1), y)
+
+
+def fused_log_probs(chunk):
+    def objective(x, w, y, t):
+        log_probs, entropy = jl.linear_log_probs(x, w, y, chunk_size=chunk)
+        return _policy_objective(log_probs.astype(jnp.float32), entropy, y)
+
+    return objective
+
+
 def replicated(w, mesh, mode_name):
     """``w`` replicated over ``mesh``: what a user does where the tokens and ``w``'s
     vocabulary share a mesh axis, as the unfused ``x @ w`` does itself."""
@@ -84,6 +112,11 @@ def losses(chunk, layout, mesh, mode_name):
             ),
             unfused,
         ),
+        "linear_jsd": (
+            lambda x, w, y, t: jl.linear_jsd(x, w, x, t, beta=0.3, chunk_size=chunk),
+            unfused_jsd,
+        ),
+        "linear_log_probs": (fused_log_probs(chunk), unfused_log_probs),
     }
 
 

@@ -29,6 +29,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 import jaxloss as jl
@@ -352,6 +353,18 @@ def _linear_kl_make(n, seed):
             "y": rng.integers(0, V, n)}  # fmt: skip
 
 
+def _linear_jsd(x, w, tx, tw, y, reduction="mean"):
+    return jl.linear_jsd(
+        x, w, tx, tw, beta=0.3, temperature=1.5, targets=y, reduction=reduction, chunk_size=2
+    )
+
+
+def _linear_log_probs(x, w, y, bias, reduction="none"):
+    log_probs, entropy = jl.linear_log_probs(x, w, y, bias=bias, temperature=1.5, chunk_size=2)
+    per_token = log_probs - 0.3 * entropy  # both outputs, under different cotangents
+    return per_token if reduction == "none" else jnp.sum(per_token)
+
+
 def _ignore_first(args):
     return {**args, "y": np.concatenate([[-100], args["y"][1:]])}
 
@@ -530,6 +543,28 @@ ENTRIES = [
         batch_axes={**SHARED, "tx": 0},
         index=("y", V),
         drop=_ignore_first,
+    ),
+    Entry(
+        "linear_jsd",
+        _linear_jsd,
+        _linear_kl_make,
+        "x",
+        ("x", "w"),
+        constant=("tx", "tw"),
+        batch_axes={**SHARED, "tx": 0},
+        index=("y", V),
+        drop=_ignore_first,
+    ),
+    Entry(
+        "linear_log_probs",
+        _linear_log_probs,
+        _linear_make,
+        "x",
+        ("x", "w", "bias"),
+        batch_axes=SHARED,
+        index=("y", V),
+        drop=_ignore_first,
+        reductions=("none", "sum"),
     ),
 ]
 

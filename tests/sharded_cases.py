@@ -174,6 +174,10 @@ def fused_cases(y, bias, put_rows=lambda a: a):
     def kl(**kwargs):
         return lambda h, w: jl.linear_kl_div(h, w, targets=y, chunk_size=16, **kwargs)
 
+    def log_probs(h, w):  # a policy-gradient objective: cotangents on both outputs
+        log_p, entropy = jl.linear_log_probs(h, w, y, bias=bias, temperature=1.5, chunk_size=16)
+        return jnp.sum(jnp.cos(y.astype(log_p.dtype)) * log_p) + 0.1 * jnp.sum(entropy)
+
     topk_ids = (jnp.arange(N)[:, None] * 7 + jnp.arange(4)) % V
     in_use = V - 24  # a vocabulary padded to divide the devices
     y_in_use = jnp.where(y >= in_use, y % in_use, y)
@@ -193,6 +197,10 @@ def fused_cases(y, bias, put_rows=lambda a: a):
             h, w, y_in_use, chunk_size=16, label_smoothing=0.1, vocab_size=in_use
         ),
         "linear_kl_div": kl(teacher_x=jnp.ones((N, H)) / 4, teacher_w=teacher_w, temperature=2.0),
+        "linear_jsd": lambda h, w: jl.linear_jsd(
+            h, w, jnp.ones((N, H)) / 4, teacher_w, beta=0.3, targets=y, chunk_size=16
+        ),
+        "linear_log_probs": log_probs,
         "linear_kl_div_topk": kl(
             teacher_topk=put_rows((topk_ids, -jnp.arange(4.0) * jnp.ones((N, 1)))), passes=2
         ),

@@ -1,4 +1,8 @@
-"""linear_kl_div against the unfused KL divergence of the two heads' softmaxes."""
+"""linear_kl_div against the unfused KL divergence of the two heads' softmaxes, and
+linear_jsd against Liger-Kernel's generalized JSD written from its formula."""
+
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -280,3 +284,167 @@ def test_matmul_counts_as_documented():
         for want, loss in steps.items():
             step = jax.value_and_grad(loss, argnums=(0, 1))
             assert measure.count_matmuls(step, x, w) == want, (passes, want)
+
+
+# --- linear_jsd ------------------------------------------------------------------------
+
+
+def _liger_jsd(x, w, teacher_x, teacher_w, beta, temperature):
+    """Per token, Liger-Kernel's generalized JSD written from its formula: the teacher's
+    ``P`` and the student's ``Q`` at the temperature, ``beta = 0`` forward KL(P || Q),
+    ``beta = 1`` reverse KL(Q || P), else ``beta KL(P || M) + (1 - beta) KL(Q || M)``."""
+    log_q = ref.log_softmax(x @ w / temperature)
+    log_p = ref.log_softmax(teacher_x @ teacher_w / temperature)
+    q, p = jnp.exp(log_q), jnp.exp(log_p)
+    if beta == 0:
+        return jnp.sum(p * (log_p - log_q), -1)
+    if beta == 1:
+        return jnp.sum(q * (log_q - log_p), -1)
+    log_m = jnp.log(beta * p + (1 - beta) * q)
+    return beta * jnp.sum(p * (log_p - log_m), -1) + (1 - beta) * jnp.sum(q * (log_q - log_m), -1)
+
+
+JSD_CASES = [
+    # (beta, temperature, reduction, passes, chunk_size)
+    (0.5, 1.0, "mean", None, None),
+    (0.0, 2.0, "sum", 1, 7),
+    (1e-3, 0.5, "mean", 2, 8),
+    (0.3, 1.0, "none", None, 16),
+    (1.0, 3.0, "mean", 2, None),
+    (0.7, 2.0, "sequence_mean", 1, 5),
+]
+
+
+@pytest.mark.exhaustive(quick_cases=2)
+@pytest.mark.parametrize("beta,temperature,reduction,passes,chunk_size", JSD_CASES)
+def test_jsd_equals_the_formula_for_every_beta(
+    x64, beta, temperature, reduction, passes, chunk_size
+):
+    """Values and gradients of x and w against Liger-Kernel's formula in float64, over
+    the endpoints, a beta near 0, the middle, temperatures, passes and reductions."""
+    x, w, y, teacher_x, teacher_w = _problem(seed=4)
+    cotangent = build.logits((N,), seed=5)
+
+    def fused(x, w):
+        out = jl.linear_jsd(
+            x, w, teacher_x, teacher_w, beta=beta, temperature=temperature, targets=y,
+            reduction=reduction, passes=passes, chunk_size=chunk_size, vocab_chunk_size=12,
+        )  # fmt: skip
+        return jnp.sum(out * cotangent) if reduction == "none" else out
+
+    def unfused(x, w):
+        per = _liger_jsd(x, w, teacher_x, teacher_w, beta, temperature)
+        if reduction == "sequence_mean":  # one sequence: the mean over kept tokens
+            return _reduce(per, y, "mean")
+        out = _reduce(per, y, reduction)
+        return jnp.sum(out * cotangent) if reduction == "none" else out
+
+    np.testing.assert_allclose(fused(x, w), unfused(x, w), rtol=1e-11)
+    for g, h in zip(jax.grad(fused, (0, 1))(x, w), jax.grad(unfused, (0, 1))(x, w), strict=True):
+        np.testing.assert_allclose(g, h, rtol=1e-9, atol=1e-13)
+    check_grads(fused, (x, w), order=1, modes=("fwd", "rev"))
+
+
+def test_jsd_endpoints_and_linear_kl_div(x64):
+    """beta = 0 is linear_kl_div without its T^2; beta = 1 is the reverse KL, which swaps
+    the two heads' roles; the symmetric JSD is symmetric and at most log 2."""
+    x, w, y, teacher_x, teacher_w = _problem(seed=6)
+    t = 2.5
+    forward = jl.linear_jsd(x, w, teacher_x, teacher_w, beta=0.0, temperature=t, targets=y)
+    kl = jl.linear_kl_div(x, w, teacher_x, teacher_w, temperature=t, targets=y)
+    np.testing.assert_allclose(forward * t**2, kl, rtol=1e-12)
+    reverse = jl.linear_jsd(x, w, teacher_x, teacher_w, beta=1.0, targets=y, reduction="none")
+    swapped = jl.linear_jsd(teacher_x, teacher_w, x, w, beta=0.0, targets=y, reduction="none")
+    np.testing.assert_allclose(reverse, swapped, rtol=1e-12)
+    half = jl.linear_jsd(x, w, teacher_x, teacher_w, beta=0.5, reduction="none")
+    other = jl.linear_jsd(teacher_x, teacher_w, x, w, beta=0.5, reduction="none")
+    np.testing.assert_allclose(half, other, rtol=1e-12)
+    assert np.all(half >= 0) and np.all(half <= np.log(2))
+
+
+def test_jsd_edges(x64):
+    """The teacher gets no gradient; a teacher equal to the student gives 0 and no
+    gradient for every beta; ignored tokens add nothing even from nan states; a padded
+    vocabulary equals the unpadded loss; extreme logits stay finite."""
+    x, w, y, teacher_x, teacher_w = _problem(seed=7)
+    grads = jax.grad(jl.linear_jsd, (2, 3))(x, w, teacher_x, teacher_w, beta=0.3)
+    assert not any(np.any(g) for g in grads)
+    for beta in (0.0, 0.4, 1.0):
+        value, grads = jax.value_and_grad(jl.linear_jsd, (0, 1))(x, w, x, w, beta=beta)
+        np.testing.assert_allclose(value, 0.0, atol=1e-14)
+        assert all(np.max(np.abs(g)) < 1e-14 for g in grads), beta
+    ignored = np.flatnonzero(np.asarray(y) == -100)
+    bad = jax.value_and_grad(jl.linear_jsd, (0, 1))(
+        x.at[ignored].set(jnp.nan), w, teacher_x.at[ignored].set(jnp.inf), teacher_w, targets=y
+    )
+    np.testing.assert_allclose(bad[0], jl.linear_jsd(x, w, teacher_x, teacher_w, targets=y))
+    assert all(np.all(np.isfinite(g)) for g in bad[1]) and not np.any(bad[1][0][ignored])
+    pad = lambda a: jnp.concatenate([a, jnp.ones((a.shape[0], 9))], -1)  # noqa: E731
+    padded = jax.value_and_grad(jl.linear_jsd, (0, 1))(
+        x, pad(w), teacher_x, pad(teacher_w), beta=0.3, vocab_size=V, chunk_size=8
+    )
+    want = jax.value_and_grad(jl.linear_jsd, (0, 1))(x, w, teacher_x, teacher_w, beta=0.3)
+    np.testing.assert_allclose(padded[0], want[0], rtol=1e-12)
+    np.testing.assert_allclose(padded[1][1][:, :V], want[1][1], rtol=1e-10, atol=1e-14)
+    assert not np.any(padded[1][1][:, V:])
+    for scale in (1e4, -1e4):
+        value, grads = jax.value_and_grad(jl.linear_jsd, (0, 1))(
+            x * scale, w, teacher_x * scale, teacher_w, beta=0.5
+        )
+        assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
+
+
+def test_jsd_vmap_and_bfloat16(x64):
+    x, w, _, teacher_x, teacher_w = _problem(batch=2, seed=8)
+    batched = jax.vmap(lambda x, t: jl.linear_jsd(x, w, t, teacher_w, beta=0.3))(x, teacher_x)
+    each = [jl.linear_jsd(x[i], w, teacher_x[i], teacher_w, beta=0.3) for i in range(2)]
+    np.testing.assert_allclose(batched, each, rtol=1e-12)
+    low = [a.astype(jnp.bfloat16) for a in (x, w, teacher_x, teacher_w)]
+    value, grads = jax.value_and_grad(jl.linear_jsd, (0, 1))(*low, beta=0.3, chunk_size=16)
+    assert value.dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
+    exact = [a.astype(jnp.float64) for a in low]
+    want, want_grads = jax.value_and_grad(jl.linear_jsd, (0, 1))(*exact, beta=0.3)
+    np.testing.assert_allclose(float(value), float(want), rtol=1e-2)
+    for g, h in zip(grads, want_grads, strict=True):
+        scale = float(jnp.max(jnp.abs(h)))
+        np.testing.assert_allclose(np.asarray(g, np.float64), h, atol=2e-2 * scale)
+
+
+@pytest.mark.exhaustive
+def test_jsd_compiled_temporaries_at_the_training_shape():
+    """docs/large-vocab.md: 8192 x 512 x 65536 float32, a teacher of the student's size,
+    beta = 0.5: the value and gradients compile to at most a tenth of the written-out
+    program's temporaries (compiles only)."""
+    shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((8192, 512), (512, 65536))] * 2
+
+    def written_out(x, w, tx, tw):
+        return jnp.mean(_liger_jsd(x, w, tx, tw, 0.5, 1.0))
+
+    def temp_mib(fn):
+        step = jax.jit(jax.value_and_grad(fn, (0, 1))).lower(*shapes).compile()
+        return step.memory_analysis().temp_size_in_bytes / 2**20
+
+    fused = temp_mib(lambda x, w, tx, tw: jl.linear_jsd(x, w, tx, tw, beta=0.5))
+    written = temp_mib(written_out)
+    assert fused * 10 <= written
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "large-vocab.md").read_text()
+    quoted = re.search(r"`linear_jsd\(beta=0\.5\)` compiles to (\d+) MiB[^.]*?([\d,]+) MiB", page)
+    assert quoted, "docs/large-vocab.md quotes the two programs' temporaries"
+    documented = float(quoted[1]), float(quoted[2].replace(",", ""))
+    np.testing.assert_allclose((fused, written), documented, rtol=0.05)
+
+
+def test_jsd_errors_name_their_argument():
+    x, w = jnp.zeros((4, 3)), jnp.zeros((3, 5))
+    with pytest.raises(ValueError, match="beta must be in"):
+        jl.linear_jsd(x, w, x, w, beta=1.5)
+    with pytest.raises(TypeError, match="beta must be a real number"):
+        jl.linear_jsd(x, w, x, w, beta="half")
+    with pytest.raises(TypeError, match="beta must be a concrete number"):
+        jax.jit(lambda b: jl.linear_jsd(x, w, x, w, beta=b))(0.5)
+    with pytest.raises(ValueError, match="teacher_x and teacher_w"):
+        jl.linear_jsd(x, w, None, w)
+    with pytest.raises(ValueError, match="teacher_w must have shape"):
+        jl.linear_jsd(x, w, x, jnp.zeros((3, 6)))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        jl.linear_jsd(x, w, x, w, temperature=-1.0)

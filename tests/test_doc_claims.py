@@ -1071,6 +1071,7 @@ LAYERS = {
     "_sparsemax": 3,
     "_margin": 4,
     "_distill": 4,
+    "_logprobs": 4,
     "_focal": 4,
 }
 
@@ -1079,8 +1080,9 @@ LAYERS = {
     "docs/architecture.md",
     "Imports run one way: `_checks`, `_reduce` and `_targets` at the bottom, then `_softmax`, then",
     "`_xent`, then the fused engine (`_fused/`) and the public loss modules, which import",
-    "nothing from each other, except `_linear` and `_distill`, the engine's two heads, and",
-    "`_focal` and `_margin`, which build on `_binary`'s terms; those four sit above the rest.",
+    "nothing from each other, except `_linear`, `_distill` and `_logprobs`, the engine's",
+    "heads, and `_focal` and `_margin`, which build on `_binary`'s terms; those five sit",
+    "above the rest.",
 )
 def import_layers():
     for name, layer in LAYERS.items():
@@ -1303,7 +1305,13 @@ COMMUNICATION_ROWS = (  # layout, loss, the mode the row shows, label
         "tokens replicated, `w`'s vocabulary over 8 devices",
     ),
 )
-COMMUNICATION_COLUMNS = ("linear_cross_entropy_one_pass", "linear_kl_div", "linear_kl_div_topk")
+COMMUNICATION_COLUMNS = (
+    "linear_cross_entropy_one_pass",
+    "linear_kl_div",
+    "linear_kl_div_topk",
+    "linear_jsd",
+    "linear_log_probs",
+)
 
 
 def communication_table(cells) -> str:
@@ -1323,8 +1331,8 @@ def communication_table(cells) -> str:
 
     lines = [
         "| layout (`x`, `w`) | `linear_cross_entropy` | one pass | `linear_kl_div`, dense "
-        "| top-2 teacher |",
-        "|---|---|---|---|---|",
+        "| top-2 teacher | `linear_jsd` | `linear_log_probs` |",
+        "|---|---|---|---|---|---|---|",
     ]
     for layout, loss, mode, label in COMMUNICATION_ROWS:
         plain = loss == "linear_cross_entropy"
@@ -1351,7 +1359,7 @@ def test_the_communication_table_is_the_saved_run():
             continue
         key = (c["layout"], c["dtype"], c["loss"])
         by_mode.setdefault(key, {})[c["mode"]] = c["fused"] / c["unfused"]
-    assert len(by_mode) == 2 * (5 * 5 + 1)
+    assert len(by_mode) == 2 * (5 * 7 + 1)
     for key, modes in by_mode.items():
         if key[0] == "fsdp":
             modes.pop("auto")

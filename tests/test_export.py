@@ -145,6 +145,41 @@ CASES = {
         lambda w, x, y: jax.vmap(lambda a, b: jl.linear_kl_div(a, w, a, w, targets=b))(x, y).sum(),
         (jax.ShapeDtypeStruct((16, 32), jnp.bfloat16), XB, YB),
     ),
+    "linear_jsd": (
+        lambda x, w, tx, tw: jl.linear_jsd(x, w, tx, tw, beta=0.3, chunk_size=4, temperature=2.0),
+        (
+            X,
+            jax.ShapeDtypeStruct((16, 32), jnp.float32),
+            X16,
+            jax.ShapeDtypeStruct((16, 32), jnp.bfloat16),
+        ),
+    ),
+    "linear_jsd none two passes": (
+        lambda x, w, tx, tw: jl.linear_jsd(
+            x, w, tx, tw, beta=1.0, reduction="none", passes=2
+        ).sum(),
+        (
+            X16,
+            jax.ShapeDtypeStruct((16, 32), jnp.bfloat16),
+            X16,
+            jax.ShapeDtypeStruct((16, 32), jnp.bfloat16),
+        ),
+    ),
+    "linear_log_probs": (
+        lambda x, w, y, b: sum(
+            jnp.sum(o.astype(jnp.float32)) for o in jl.linear_log_probs(x, w, y, bias=b)
+        ),
+        (
+            X16,
+            jax.ShapeDtypeStruct((16, 32), jnp.bfloat16),
+            Y,
+            jax.ShapeDtypeStruct((32,), jnp.float32),
+        ),
+    ),
+    "linear_log_probs vmap": (
+        lambda w, x, y: jax.vmap(lambda a, b: jl.linear_log_probs(a, w, b)[0])(x, y).sum(),
+        (jax.ShapeDtypeStruct((16, 32), jnp.float32), XB, YB),
+    ),
     "linear_cross_entropy none": (
         lambda x, w, y: jl.linear_cross_entropy(x, w, y, reduction="none").sum(),
         (X16, jax.ShapeDtypeStruct((16, 32), jnp.bfloat16), Y),

@@ -339,8 +339,9 @@ def linear_kl_div(
     ``linear_cross_entropy`` takes them) the second pass walks the vocabulary in
     chunks and computes both heads' logits of each chunk again: six matmuls (four
     with ``teacher_topk``), and no ``H x V`` buffer. Neither head's ``N x V``
-    logits exist; a chunk holds ``chunk_size x V`` of each. For ``"none"`` each
-    chunk is recomputed in the backward pass.
+    logits exist; a chunk holds ``chunk_size x V`` of each. For ``"none"`` the
+    weight gradient is formed in a scan over the vocabulary, as in
+    ``linear_cross_entropy``.
 
     Args:
         x: the student's floating hidden states ``[..., H]``.
@@ -636,7 +637,7 @@ def linear_jsd(
     divided by $T$ for the logits, then $\partial L / \partial x_n$ and
     $\partial L / \partial W$ as in ``linear_kl_div``, formed chunk by chunk in one or
     two passes (four or six matmuls per chunk: the teacher's logits are recomputed
-    with the student's). ``"none"`` recomputes each chunk in the backward pass.
+    with the student's). ``"none"`` forms the weight gradient in a scan over the vocabulary.
 
     Args:
         x: the student's floating hidden states ``[..., H]``.

@@ -350,7 +350,11 @@ def linear_cross_entropy(
     an ``H x V`` buffer of the wider dtype) and wherever the tokens may be split over
     devices (explicit sharding, or more than one device outside a ``shard_map`` that is
     manual over every axis), so that the weight gradient is reduced once; otherwise one.
-    For ``"none"`` each chunk's logits are recomputed in the backward pass. All of
+    For ``"none"``, whose cotangents are per token, each token's row of
+    $\partial \ell_n / \partial z_n\, W^\top$ is kept from the forward pass and the
+    weight gradient is formed in a scan over the vocabulary in chunks, the logits of
+    each recomputed for all the tokens (as [`linear_log_probs`][jaxloss.linear_log_probs]
+    does). All of
     these work in forward and reverse mode, under ``jit`` and ``vmap`` (which walks
     the examples one after another, in one chunk's memory; see docs/large-vocab.md). bfloat16
     operands enter the matmuls with float32 accumulation; softmax statistics and the

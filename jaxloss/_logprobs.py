@@ -22,6 +22,7 @@ from jaxloss._fused.chunking import VocabChunk
 from jaxloss._reduce import like_tokens, poison
 from jaxloss._softmax import max_and_sum_exp
 from jaxloss._targets import IGNORED, OUT_OF_RANGE
+from jaxloss._xent import Fill
 
 
 def _entropy_grad(p, log_p, entropy, inv_t):
@@ -75,16 +76,16 @@ class LogProbHead:
     def values(self, z, codes, inv_t):
         return self._rows(z, codes, inv_t)[0]
 
-    def values_and_grads(self, z, codes, inv_t):
+    def values_and_grads(self, z, codes, inv_t, fill: Fill):
         values, log_p, lse, onehot = self._rows(z, codes, inv_t)
         p = jnp.exp(log_p)
         keep = self.counted(codes, inv_t)[:, None]
         entropy = values[:, 1:]
-        grads = [(onehot - p) * inv_t, _entropy_grad(p, log_p, entropy, inv_t)]
-        grads = jnp.stack([jnp.where(keep, g, 0.0) for g in grads])
+        parts = [(onehot - p) * inv_t, _entropy_grad(p, log_p, entropy, inv_t)]
+        grads = jnp.stack([jnp.where(keep, g, 0.0) for g in parts])
         return values, grads, jnp.stack([lse, values[:, 1]], axis=-1)
 
-    def vocab_chunk_grads(self, z_t, codes, saved, inv_t, chunk: VocabChunk):
+    def vocab_chunk_grads(self, z_t, codes, saved, inv_t, chunk: VocabChunk, fill: Fill):
         ids = chunk.ids()[:, None]
         log_p = self._scaled(z_t, ids, inv_t) - saved[None, :, 0]
         p = jnp.exp(log_p)
@@ -220,8 +221,6 @@ def linear_log_probs(
         vocab_chunk_size=vocab_chunk_size,
         vocab_size=vocab_size,
     )
-    width = per_token.vocab_width(x, w, plan.config.vocab_chunk_size if vocab_chunk_size else None)
-    plan = plan._replace(config=dataclasses.replace(plan.config, vocab_chunk_size=width))
     temperature = _checks.real_scalar("temperature", temperature, minimum=0.0, strict=True)
     codes = driver.token_codes(targets, x, plan.vocab_size, _checks.ignore_index(ignore_index))
     return _linear_log_probs(x, w, bias, codes, plan, temperature)

@@ -38,6 +38,13 @@ def unfused_kl(x, w, y, t):
     return jl.kl_div(student, teacher, reduction="batchmean")
 
 
+def unfused_none(x, w, y, t):
+    per_token = jl.cross_entropy(
+        jnp.dot(x, w, preferred_element_type=jnp.float32), y, reduction="none"
+    )
+    return jnp.sum(jnp.cos(y.astype(jnp.float32)) * per_token)
+
+
 def unfused_jsd(x, w, y, t):
     log_q = jl.log_softmax(jnp.dot(x, w, preferred_element_type=jnp.float32))
     log_p = jl.log_softmax(jnp.dot(x, t, preferred_element_type=jnp.float32))
@@ -98,6 +105,13 @@ def losses(chunk, layout, mesh, mode_name):
         "linear_cross_entropy_one_pass": (
             lambda x, w, y, t: jl.linear_cross_entropy(x, w, y, chunk_size=chunk, passes=1),
             unfused,
+        ),
+        "linear_cross_entropy_none": (
+            lambda x, w, y, t: jnp.sum(
+                jnp.cos(y.astype(jnp.float32))
+                * jl.linear_cross_entropy(x, w, y, chunk_size=chunk, reduction="none")
+            ),
+            unfused_none,
         ),
         "linear_kl_div": (
             lambda x, w, y, t: jl.linear_kl_div(x, w, x, t, chunk_size=chunk),

@@ -4,7 +4,7 @@ Before tracing (``check_head``, ``check_token_options``, ``token_codes``): the c
 ``x``, ``w``, the token ids and the token options, and the engine's ``Config``. Traced
 (``fused_loss``): the per-token arrays placed where the tokens are, the dropped tokens
 (token weight 0, segment 0) marked ignored, everything flattened to ``[n, ...]``, the
-reduction (``"none"`` recomputes each chunk in the backward pass; the others are one
+reduction (``"none"`` is ``per_token.per_token_values``; the others are one
 ``engine.fused_sum`` with per-token factors) and the cast to the inputs' dtype.
 
 A public fused loss checks its own arguments, then calls these with its head, the
@@ -13,6 +13,7 @@ head's per-token arrays and its constant inputs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 
 from jaxloss import _checks
 from jaxloss._checks import TokenWeighting
-from jaxloss._fused import engine
+from jaxloss._fused import engine, per_token
 from jaxloss._reduce import dropped_elements, element_scales, like_tokens
 from jaxloss._targets import IGNORED, resolve_targets
 
@@ -75,6 +76,9 @@ def check_token_options(
     config = engine.Config.resolve(
         x, w, chunk_size=chunk_size, passes=passes, vocab_chunk_size=vocab_chunk_size
     )
+    if reduction == "none":  # the vocabulary scan of per_token takes all the tokens at once
+        width = per_token.vocab_width(x, w, config.vocab_chunk_size if vocab_chunk_size else None)
+        config = dataclasses.replace(config, vocab_chunk_size=width)
     return weighting, Plan(reduction, config, vocab_size)
 
 
@@ -106,6 +110,21 @@ class FusedLoss(NamedTuple):
     loss: jax.Array  # reduced, or of the tokens' shape for "none"; in the inputs' dtype
     stats: jax.Array  # [n, head.stats_width]
     codes: jax.Array  # [n], the resolved ids with the dropped tokens ignored
+
+
+def _per_token_loss(head: engine.Head, given: HeadTokens, w, bias, params, config: engine.Config):
+    """``"none"``: the per-token losses, differentiable for any cotangent (a JVP rule
+    whose reverse mode forms each vocabulary chunk of ``dw`` once), and the statistics
+    of ``return_aux`` from a forward pass of their own (without them, none)."""
+    tokens = given.tokens
+    one = per_token.OneOutput(head)
+    loss = per_token.per_token_values(one, config, given.x, w, bias, tokens, params)[:, 0]
+    stats = jnp.zeros((given.x.shape[0], 0), loss.dtype)
+    if head.stats_width:
+        scale = jnp.zeros_like(given.share)
+        args = jax.lax.stop_gradient((given.x, w, bias))
+        _, stats = engine.fused_sum(head, *args, tokens, params, scale, config)
+    return loss, stats
 
 
 def fused_loss(
@@ -140,9 +159,7 @@ def fused_loss(
     per_token = jax.tree.map(lambda a: a.reshape(flat.shape[0], *a.shape[codes.ndim :]), per_token)
     given = head_tokens(x.reshape(-1, w.shape[0]), flat, per_token)
     if plan.reduction == "none":
-        loss, stats = engine.per_token_loss(
-            head, given.x, w, bias, given.tokens, params, plan.config
-        )
+        loss, stats = _per_token_loss(head, given, w, bias, params, plan.config)
         loss = loss.reshape(shape)
         if weighting.token_weight is not None:
             loss = loss * weighting.token_weight.astype(acc)

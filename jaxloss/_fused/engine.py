@@ -19,8 +19,8 @@ product with the input tangents; reverse mode needs nothing more. The passes:
   product, so that the partitioner reduces each block of ``dL/dw`` over the devices
   once: the weight gradient crosses the network once per step, whatever the layout.
 
-``per_token_loss`` serves ``"none"``: each chunk is recomputed in the backward pass
-(``jax.checkpoint``).
+``"none"`` is served by ``per_token`` (per-token outputs for any cotangent), whose
+heads are these through ``per_token.OneOutput``.
 
 Under ``jax.vmap`` the loops would hold a chunk for every example at once:
 ``one_example_at_a_time`` gives the forward pass and the gradients a batching rule that
@@ -680,25 +680,3 @@ def _chunk_loss(head: Head, x_c, tokens_c, w, bias, params, zero=0.0):
     x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, jnp.asarray(zero, x_c.dtype))
     loss, stats = head.loss(_logits(x_c, w, bias, acc), tokens_c, params)
     return loss, jax.lax.stop_gradient(stats)
-
-
-def _per_token(head: Head, config: Config, x, w, bias, tokens, params):
-    n = x.shape[0]
-    chunks = Chunks.of(n, config.chunk_size, spread_over_devices(x))
-    xs = chunks.stack(chunks.pad(x))
-    ts = jax.tree.map(lambda a: chunks.stack(chunks.pad(a)), tokens)
-    chunk_loss = jax.checkpoint(functools.partial(_chunk_loss, head))
-
-    def body(_, chunk_in):
-        return None, chunk_loss(*chunk_in, w, bias, params)
-
-    _, (loss, stats) = jax.lax.scan(body, None, (xs, ts))
-    return chunks.unstack(loss, n), chunks.unstack(stats, n)
-
-
-def per_token_loss(head: Head, x, w, bias, tokens, params, config: Config):
-    """Per-token losses and statistics; each chunk is recomputed in the backward pass.
-    Under ``vmap`` the loss runs one example at a time, while its derivatives batch the
-    chunks (``one_example_at_a_time`` differentiates the plain loop)."""
-    forward = one_example_at_a_time(functools.partial(_per_token, head, config))
-    return forward(x, w, bias, tokens, params)

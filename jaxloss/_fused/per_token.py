@@ -23,6 +23,7 @@ not its logits.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import NamedTuple, Protocol
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 from jaxloss._fused import engine
 from jaxloss._fused.chunking import VocabChunk, VocabChunks, spread_over_devices
 from jaxloss._reduce import is_zero
+from jaxloss._xent import Fill
 
 
 class TokenHead(Protocol):
@@ -52,15 +54,46 @@ class TokenHead(Protocol):
         """``[c, outputs]``."""
         ...
 
-    def values_and_grads(self, z, tokens, params) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def values_and_grads(
+        self, z, tokens, params, fill: Fill
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The values, their logit gradients ``[outputs, c, V]`` and the per-token
         values ``vocab_chunk_grads`` needs (``[c, saved_width]``)."""
         ...
 
-    def vocab_chunk_grads(self, z_t, tokens, saved, params, chunk: VocabChunk) -> jax.Array:
+    def vocab_chunk_grads(self, z_t, tokens, saved, params, chunk: VocabChunk, fill: Fill):
         """The logit gradients of the columns ``chunk``, ``[outputs, width, c]``, from
         their logits ``z_t`` ``[width, c]``."""
         ...
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOutput:
+    """An ``engine.Head`` as a ``TokenHead`` of one output, its per-token loss: the
+    fused losses' ``reduction="none"``."""
+
+    head: engine.Head
+
+    @property
+    def outputs(self) -> int:
+        return 1
+
+    @property
+    def saved_width(self) -> int:
+        return self.head.saved_width
+
+    def counted(self, tokens, params):
+        return self.head.counted(tokens, params)
+
+    def values(self, z, tokens, params):
+        return self.head.loss(z, tokens, params)[0][:, None]
+
+    def values_and_grads(self, z, tokens, params, fill: Fill):
+        terms = self.head.loss_and_grad(z, tokens, params, fill)
+        return terms.loss[:, None], terms.grad[None], terms.saved
+
+    def vocab_chunk_grads(self, z_t, tokens, saved, params, chunk: VocabChunk, fill: Fill):
+        return self.head.vocab_chunk_grad(z_t, tokens, saved, params, chunk, fill)[None]
 
 
 class TokenPass(NamedTuple):
@@ -93,7 +126,7 @@ def token_pass(
         z = engine._logits(x_c, w, bias, acc)
         if not with_grads:
             return [walk.chunks.put(carry[0], i, head.values(z, tokens_c, params))]
-        values, grads, saved = head.values_and_grads(z, tokens_c, params)
+        values, grads, saved = head.values_and_grads(z, tokens_c, params, fill)
         mm = engine._matmul_dtype(x_c, w)
         hidden = [engine._hidden_grad(g.astype(mm), w, x_c) for g in grads]
         rows = [values, saved, *hidden]
@@ -140,7 +173,7 @@ def _chunk_product(head: TokenHead, layout, x0, tokens, saved, params, step):
     z_t = jax.lax.dot_general(w_j, x0, contract, preferred_element_type=acc)
     z_t = z_t if b_j is None else z_t + b_j.astype(acc)[:, None]
     chunk = VocabChunk(layout, j, w_j.shape[1])
-    g_t = head.vocab_chunk_grads(z_t, tokens, saved, params, chunk)
+    g_t = head.vocab_chunk_grads(z_t, tokens, saved, params, chunk, engine._loop_fill(acc, j))
     u_t = jnp.zeros((), acc)
     if a_j is not None:
         u_t = jax.lax.dot_general(a_j, x0, contract, preferred_element_type=acc)

@@ -443,6 +443,15 @@ def _where_mass(p, value):
     return jnp.where(p == 0, 0.0, p * jnp.where(p == 0, 0.0, value))
 
 
+def _log_mixture(log_p, log_q, beta: float):
+    """``log(beta p + (1 - beta) q)``, -inf where both are 0, with a gradient that is
+    finite there (``logaddexp(-inf, -inf)``'s is not)."""
+    empty = (log_p == -jnp.inf) & (log_q == -jnp.inf)
+    a = jnp.where(empty, 0.0, math.log(beta) + log_p)
+    b = jnp.where(empty, 0.0, math.log1p(-beta) + log_q)
+    return jnp.where(empty, -jnp.inf, jnp.logaddexp(a, b))
+
+
 def _jsd_rows(log_q, log_p, beta: float):
     """Per token (rows of log-probabilities, classes last): the generalized JSD of the
     student ``q`` and the teacher ``p``, and ``r``, what its gradient subtracts
@@ -454,7 +463,7 @@ def _jsd_rows(log_q, log_p, beta: float):
     if beta == 1.0:  # KL(q || p)
         loss = jnp.sum(_where_mass(q, log_q - log_p), axis=-1)
         return loss, loss
-    log_m = jnp.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
+    log_m = _log_mixture(log_p, log_q, beta)
     kl_pm = jnp.sum(_where_mass(p, log_p - log_m), axis=-1)
     kl_qm = jnp.sum(_where_mass(q, log_q - log_m), axis=-1)
     return beta * kl_pm + (1.0 - beta) * kl_qm, kl_qm
@@ -468,20 +477,20 @@ def _jsd_grad(log_q, log_p, r, beta: float):
         return q - jnp.exp(log_p)
     if beta == 1.0:
         return _where_mass(q, log_q - log_p - r)
-    log_m = jnp.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
+    log_m = _log_mixture(log_p, log_q, beta)
     return (1.0 - beta) * _where_mass(q, log_q - log_m - r)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _jsd_of_logits(beta: float, z, log_p, keep, inv_t):
-    log_q, _ = _log_softmax_and_lse(z * inv_t)
+    log_q, _ = _log_softmax_and_lse(z * jax.lax.stop_gradient(inv_t))
     return jnp.where(keep, _jsd_rows(log_q, log_p, beta)[0], 0.0)
 
 
 @_jsd_of_logits.defjvp
 def _jsd_of_logits_jvp(beta, primals, tangents):
     z, log_p, keep, inv_t = primals
-    log_q, _ = _log_softmax_and_lse(z * inv_t)
+    log_q, _ = _log_softmax_and_lse(z * jax.lax.stop_gradient(inv_t))
     loss, r = _jsd_rows(log_q, log_p, beta)
     g = jnp.where(keep[:, None], _jsd_grad(log_q, log_p, r[:, None], beta) * inv_t, 0.0)
     dz = jnp.where(keep[:, None], tangents[0], 0.0)
@@ -512,7 +521,8 @@ class JSDHead:
     def _scaled(self, z, ids, inv_t):
         if self.vocab < self.padded:
             z = engine.mask_padding(z, ids, self.vocab)
-        return z * inv_t
+        # 1 / T's tangent is a symbolic zero here, not a zero that times -inf is nan.
+        return z * jax.lax.stop_gradient(inv_t)
 
     def _teacher(self, tokens, teacher: Teacher, acc):
         keep, rows = tokens

@@ -59,9 +59,9 @@ def _token_statistics(logits, m, log_s, targets: IndexTargets):
 @dataclasses.dataclass(frozen=True)
 class CrossEntropyHead:
     """The cross-entropy of ``softcap(z)`` (``engine.Head``). Tokens: the resolved target
-    codes; params: the ``Scalars``. Saved per token for the second pass: the
-    log-sum-exp and the row scale ``S``. Statistics (with ``return_aux`` only): the
-    log-sum-exp and ``STATISTICS``."""
+    codes; params: the ``Scalars``. Saved per token for the second pass: the row
+    maximum, the log of its sum of exponentials and the row scale ``S``. Statistics
+    (with ``return_aux`` only): the log-sum-exp and ``STATISTICS``."""
 
     options: Options
     vocab: int  # the classes in use: w's columns past them are padding
@@ -70,7 +70,7 @@ class CrossEntropyHead:
 
     @property
     def saved_width(self) -> int:
-        return 2
+        return 3
 
     @property
     def stats_width(self) -> int:
@@ -157,7 +157,9 @@ class CrossEntropyHead:
         a = coefficient_columns(targets, element_weight, columns, eps, spread, fill)
         grad = logit_gradient(scale[:, None], jnp.exp(z - m) / s, a, fill)
         grad = self._finish(grad, tanh, counted[:, None], targets.bad[:, None], fill)
-        saved = jnp.stack([lse, scale], axis=-1)
+        # The row maximum and log s apart, not their sum: z - m is exact where z - lse
+        # would round at lse's magnitude.
+        saved = jnp.stack([m[:, 0], log_s, scale], axis=-1)
         return engine.HeadTerms(loss, grad, saved, self._stats(z, m, log_s, targets))
 
     def vocab_chunk_grad(self, z_t, codes, saved, scalars: Scalars, chunk: VocabChunk, fill: Fill):
@@ -167,8 +169,8 @@ class CrossEntropyHead:
         spread = self._spread(ids, scalars) if self.options.has_smoothing else None
         element_weight = jnp.where(targets.keep, w_y, 0.0)
         a = coefficient_columns(targets, element_weight, ids, scalars.label_smoothing, spread, fill)
-        p = jnp.exp(z_t - saved[None, :, 0])
-        grad = logit_gradient(saved[None, :, 1], p, a.T, fill)
+        p = jnp.exp((z_t - saved[None, :, 0]) - saved[None, :, 1])
+        grad = logit_gradient(saved[None, :, 2], p, a.T, fill)
         return self._finish(grad, tanh, counted[None, :], targets.bad[None, :], fill)
 
     def _spread(self, ids, scalars: Scalars, weighted: bool = True):

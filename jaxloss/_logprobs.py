@@ -26,8 +26,8 @@ from jaxloss._xent import Fill
 
 
 def _entropy_grad(p, log_p, entropy, inv_t):
-    """``dH/dz = -p (log p + H) / T``, 0 where ``p`` is 0."""
-    return -jnp.where(p > 0, p * (log_p + entropy), 0.0) * inv_t
+    """``dH/dz = -p (log p + H) / T``, 0 where ``p`` is 0 (a nan ``p`` stays nan)."""
+    return -jnp.where(p == 0, 0.0, p * jnp.where(p == 0, 0.0, log_p + entropy)) * inv_t
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,8 @@ class LogProbHead:
     def _scaled(self, z, ids, inv_t):
         if self.vocab < self.padded:
             z = engine.mask_padding(z, ids, self.vocab)
-        return z * inv_t
+        # 1 / T's tangent is a symbolic zero here, not a zero that times -inf is nan.
+        return z * jax.lax.stop_gradient(inv_t)
 
     def _rows(self, z, codes, inv_t):
         """Per token: the values ``[c, 2]``, ``log p`` ``[c, V]`` and the log-partition."""
@@ -66,7 +67,8 @@ class LogProbHead:
         onehot = codes[:, None] == jnp.arange(self.padded, dtype=jnp.int32)
         target = jnp.sum(jnp.where(onehot, log_p, 0.0), axis=-1)
         # -sum_v p_v log p_v = log S - sum_v p_v (s_v - m); a class of probability 0 adds 0.
-        entropy = log_total[:, 0] - jnp.sum(jnp.where(p > 0, p * shifted, 0.0), axis=-1)
+        mass = jnp.where(p == 0, 0.0, p * jnp.where(p == 0, 0.0, shifted))
+        entropy = log_total[:, 0] - jnp.sum(mass, axis=-1)
         # A target outside the vocabulary names no column: its row of x is nan already.
         target = jnp.where(codes == OUT_OF_RANGE, jnp.nan, target)
         keep = self.counted(codes, inv_t)[:, None]

@@ -387,6 +387,13 @@ def test_jsd_edges(x64):
     np.testing.assert_allclose(padded[0], want[0], rtol=1e-12)
     np.testing.assert_allclose(padded[1][1][:, :V], want[1][1], rtol=1e-10, atol=1e-14)
     assert not np.any(padded[1][1][:, V:])
+
+    def padded_loss(x, w):
+        return jl.linear_jsd(
+            x, pad(w), teacher_x[:6], pad(teacher_w), beta=0.3, vocab_size=V, reduction="sum"
+        )
+
+    check_grads(padded_loss, (x[:6], w), order=2, modes=("fwd", "rev"))
     for scale in (1e4, -1e4):
         value, grads = jax.value_and_grad(jl.linear_jsd, (0, 1))(
             x * scale, w, teacher_x * scale, teacher_w, beta=0.5

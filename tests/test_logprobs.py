@@ -126,10 +126,11 @@ def test_ignored_and_out_of_range_tokens(x64):
     assert log_probs[0] == 0 and entropy[0] == 0
     assert np.isnan(log_probs[1]) and np.isnan(entropy[1])
     assert np.all(np.isfinite(log_probs[2:])) and np.all(np.isfinite(entropy[2:]))
-    objective = _objective(lambda x: jl.linear_log_probs(x, w, y, bias=b), 1.0, 0.5)
-    grad = jax.grad(objective)(x)
-    assert np.all(grad[0] == 0)
-    assert np.all(np.isnan(grad[1])) and np.all(np.isfinite(grad[2:]))
+    for a, e in [(1.0, 0.5), (0.0, 1.0)]:  # the entropy's gradient alone too
+        objective = _objective(lambda x: jl.linear_log_probs(x, w, y, bias=b), a, e)
+        grad = jax.grad(objective)(x)
+        assert np.all(grad[0] == 0)
+        assert np.all(np.isnan(grad[1])) and np.all(np.isfinite(grad[2:]))
 
 
 def test_minus_infinite_bias_columns_and_a_padded_vocabulary(x64):
@@ -148,6 +149,7 @@ def test_minus_infinite_bias_columns_and_a_padded_vocabulary(x64):
     }
     for name, (fused, written_out) in cases.items():
         _pairs(fused(x, w), written_out(x, w))
+        check_grads(fused, (x, w), order=2, modes=("fwd", "rev"))
         grads = jax.grad(_objective(fused, a, e), argnums=(0, 1))(x, w)
         want = jax.grad(_objective(written_out, a, e), argnums=(0, 1))(x, w)
         _pairs(grads, want)

@@ -1,5 +1,5 @@
-"""Benchmarks: ``python -m benchmarks [losses|linear|lm|matmuls|memory|ctc|all] [options]``,
-from the repository root.
+"""Benchmarks, run from the repository root:
+``python -m benchmarks [losses|linear|lm|matmuls|memory|ctc|contrastive|all] [options]``.
 
 ``losses``: value-and-gradient time of jaxloss against the same loss written as its
 textbook formula and differentiated by JAX's autodiff ("naive autodiff"), optax's (or
@@ -39,6 +39,10 @@ against ``optax.ctc_loss`` on the same batch-major logits (each takes the log-so
 of unnormalized scores): interleaved median value-and-gradient times and compiled
 temporary bytes.
 
+``contrastive``: ``contrastive_loss`` and ``sigmoid_contrastive_loss`` against the
+written-out ``B x B`` logits (optax's cross-entropy for CLIP): value and every
+gradient, interleaved median times and compiled temporary bytes.
+
 Every ratio is a time (or byte count) of jaxloss divided by the same figure of
 its baseline: below 1 means jaxloss is faster (or smaller). Ratios, not absolute
 times, are the figures to compare across machines.
@@ -52,7 +56,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from benchmarks import ctc, linear, lm, losses, matmuls, memory
+from benchmarks import contrastive, ctc, linear, lm, losses, matmuls, memory
 from benchmarks.measure import environment
 from benchmarks.report import plot, report
 
@@ -116,6 +120,11 @@ def _add_shape_options(parser: argparse.ArgumentParser) -> None:
         help=f"ctc shape as BxTxCxL (default: {_shown(ctc.DEFAULT_SHAPE)})",
     )
     parser.add_argument(
+        "--contrastive-shape",
+        type=lambda s: parse_shapes(s, 2)[0],
+        help=f"contrastive shape as BxD (default: {_shown(contrastive.DEFAULT_SHAPE)})",
+    )
+    parser.add_argument(
         "--dtypes", default="float32,bfloat16", help="comma-separated dtypes of the inputs"
     )
 
@@ -159,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
         "which",
         nargs="?",
         default="all",
-        choices=["all", "losses", "linear", "lm", "matmuls", "memory", "ctc"],
+        choices=["all", "losses", "linear", "lm", "matmuls", "memory", "ctc", "contrastive"],
         help="which benchmark to run",
     )
     _add_shape_options(result)
@@ -199,6 +208,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.which in ("all", "ctc"):
         shape = args.ctc_shape or (ctc.SMOKE_SHAPE if smoke else ctc.DEFAULT_SHAPE)
         result["ctc"] = ctc.run(shape, dtypes[0], repeats)
+    if args.which in ("all", "contrastive"):
+        default = contrastive.SMOKE_SHAPE if smoke else contrastive.DEFAULT_SHAPE
+        result["contrastive"] = contrastive.run(
+            args.contrastive_shape or default, dtypes[0], repeats
+        )
     return result
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import ctc, linear, lm, losses, matmuls, memory
+from benchmarks import contrastive, ctc, linear, lm, losses, matmuls, memory
 
 TABLES = {
     "losses": losses.table,
@@ -11,6 +11,7 @@ TABLES = {
     "matmuls": matmuls.table,
     "memory": memory.table,
     "ctc": ctc.table,
+    "contrastive": contrastive.table,
 }
 
 

@@ -2,6 +2,11 @@
 
 from jaxloss._binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from jaxloss._classification import cross_entropy, nll_loss
+from jaxloss._contrastive import (
+    contrastive_loss,
+    ntxent_loss,
+    sigmoid_contrastive_loss,
+)
 from jaxloss._ctc import ctc_loss, ctc_loss_with_paddings
 from jaxloss._distill import linear_jsd, linear_kl_div
 from jaxloss._divergence import kl_div
@@ -28,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "contrastive_loss",
     "cross_entropy",
     "ctc_loss",
     "ctc_loss_with_paddings",
@@ -49,9 +55,11 @@ __all__ = [
     "multilabel_margin_loss",
     "multilabel_soft_margin_loss",
     "nll_loss",
+    "ntxent_loss",
     "perceptron_loss",
     "poly1_cross_entropy",
     "sigmoid_focal_loss",
+    "sigmoid_contrastive_loss",
     "soft_margin_loss",
     "softmax",
     "softmax_focal_loss",

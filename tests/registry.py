@@ -19,6 +19,8 @@ A function is not done until it is here: a test fails when a name in
 - ``smooth``: the math has continuous second derivatives (checked to second order);
 - ``coupled``: the elements share weights drawn from every element's targets
   (generalized Dice), so one bad target makes every element nan;
+- ``pairwise``: every element is compared with every other (the contrastive losses'
+  softmax over the batch), so a nan score makes every element nan;
 - ``domain``: ``"logits"`` (any real), ``"log_probs"`` (at most 0) or
   ``"probs"`` (in [0, 1]): which extreme values make sense.
 """
@@ -54,6 +56,7 @@ class Entry:
     domain: str = "logits"
     reductions: tuple[str, ...] = ("mean", "sum", "none")
     coupled: bool = False  # the elements share weights drawn from all of their targets
+    pairwise: bool = False  # each element's loss reads every element's scores
 
     def axis(self, arg: str) -> int | None:
         return self.batch_axes.get(arg, 0)
@@ -365,6 +368,38 @@ def _linear_log_probs(x, w, y, bias, reduction="none"):
     return per_token if reduction == "none" else jnp.sum(per_token)
 
 
+# --- contrastive -----------------------------------------------------------------------
+
+
+def _pairs_make(n, seed):
+    rng = _rng(seed)
+    return {"x": rng.standard_normal((n, 3)), "y": rng.standard_normal((n, 3)),
+            "scale": np.float64(1.7), "bias": np.float64(-0.4)}  # fmt: skip
+
+
+def _contrastive(x, y, scale, bias, reduction="mean"):
+    return jl.contrastive_loss(x, y, logit_scale=scale, logit_bias=bias, reduction=reduction,
+                               label_smoothing=0.1, chunk_size=2)  # fmt: skip
+
+
+def _sigmoid_contrastive(x, y, scale, bias, reduction="mean"):
+    return jl.sigmoid_contrastive_loss(x, y, logit_scale=scale, logit_bias=bias,
+                                       reduction=reduction, chunk_size=2)  # fmt: skip
+
+
+def _ntxent_make(n, seed):
+    rng = _rng(seed)
+    return {"e": rng.standard_normal((n, 3)), "labels": rng.permutation(np.arange(n) // 2),
+            "t": np.float64(0.5)}  # fmt: skip
+
+
+def _ntxent(e, labels, t, reduction="mean"):
+    return jl.ntxent_loss(e, labels, t, reduction=reduction, chunk_size=2)
+
+
+PAIR_SCALARS = {"scale": None, "bias": None}
+
+
 def _ignore_first(args):
     return {**args, "y": np.concatenate([[-100], args["y"][1:]])}
 
@@ -565,6 +600,32 @@ ENTRIES = [
         index=("y", V),
         drop=_ignore_first,
         reductions=("none", "sum"),
+    ),
+    Entry(
+        "contrastive_loss",
+        _contrastive,
+        _pairs_make,
+        "x",
+        ("x", "y", "scale", "bias"),
+        batch_axes=PAIR_SCALARS,
+        pairwise=True,
+    ),
+    Entry(
+        "sigmoid_contrastive_loss",
+        _sigmoid_contrastive,
+        _pairs_make,
+        "x",
+        ("x", "y", "scale", "bias"),
+        batch_axes=PAIR_SCALARS,
+    ),
+    Entry(
+        "ntxent_loss",
+        _ntxent,
+        _ntxent_make,
+        "e",
+        ("e", "t"),
+        batch_axes={"t": None},
+        pairwise=True,
     ),
 ]
 

@@ -80,6 +80,11 @@ def test_benchmark_command_smoke(tmp_path):
     for row in ctc.values():
         assert row["time_vs_optax"] == row["time_s"] / ctc["optax.ctc_loss"]["time_s"]
         assert row["temp_bytes"] > 0 and row["shape"] == list(ctc_suite.SMOKE_SHAPE)
+    pairs = {r["loss"]: r for r in result["contrastive"]}
+    assert set(pairs) == {"contrastive_loss", "sigmoid_contrastive_loss"}
+    for row in pairs.values():
+        assert row["time_vs_written_out"] == row["time_s"] / row["baseline_time_s"]
+        assert 0 < row["temp_bytes"] and row["shape"] == [64, 8]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cross_entropy (index)" in proc.stdout
     assert "below 1 means jaxloss is faster" in proc.stdout
@@ -112,9 +117,10 @@ def test_every_option_has_help_and_states_its_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "python -m benchmarks [losses|linear|lm|matmuls|memory|ctc|all]" in text
+    assert "python -m benchmarks [losses|linear|lm|matmuls|memory|ctc|contrastive|all]" in text
     for option, default in [
-        ("{all,losses,linear,lm,matmuls,memory,ctc}", "(default: all)"),
+        ("{all,losses,linear,lm,matmuls,memory,ctc,contrastive}", "(default: all)"),
+        ("--contrastive-shape CONTRASTIVE_SHAPE", "(default: 16384x256)"),
         ("--matmul-shape MATMUL_SHAPE", "(default: 8192x512x32768)"),
         ("--memory-shape MEMORY_SHAPE", "(default: 8192x512x65536)"),
         ("--ctc-shape CTC_SHAPE", "(default: 32x500x1000x100)"),

@@ -935,6 +935,21 @@ def optax_margin_rows():
 
 @claim(
     "docs/optax.md",
+    "| `optax.losses.ntxent(embeddings, labels, temperature)` "
+    "| `jl.ntxent_loss(embeddings, labels, temperature)` (0, not nan, for a batch without a "
+    "positive pair) |",
+)
+def optax_ntxent_row():
+    optax = pytest.importorskip("optax")
+    rng = np.random.default_rng(12)
+    e, labels = rng.normal(size=(9, 4)).astype(np.float32), rng.integers(0, 3, size=9)
+    _close(jl.ntxent_loss(e, labels, 0.2), optax.losses.ntxent(e, labels, 0.2), tol=1e-5)
+    alone = np.arange(9)
+    assert np.isnan(optax.losses.ntxent(e, alone)) and jl.ntxent_loss(e, alone) == 0
+
+
+@claim(
+    "docs/optax.md",
     "| `optax.projections.projection_simplex(x)` for each row | `jl.sparsemax(x)` |",
     "| `optax.losses.sparsemax_loss(logits, labels)` "
     '| `jl.sparsemax_loss(logits, labels, reduction="none")` |',
@@ -1073,6 +1088,7 @@ LAYERS = {
     "_distill": 4,
     "_logprobs": 4,
     "_focal": 4,
+    "_contrastive": 4,
 }
 
 
@@ -1080,9 +1096,9 @@ LAYERS = {
     "docs/architecture.md",
     "Imports run one way: `_checks`, `_reduce` and `_targets` at the bottom, then `_softmax`, then",
     "`_xent`, then the fused engine (`_fused/`) and the public loss modules, which import",
-    "nothing from each other, except `_linear`, `_distill` and `_logprobs`, the engine's",
-    "heads, and `_focal` and `_margin`, which build on `_binary`'s terms; those five sit",
-    "above the rest.",
+    "nothing from each other, except `_linear`, `_distill`, `_logprobs` and `_contrastive`,",
+    "the engine's heads, and `_focal` and `_margin`, which build on `_binary`'s terms; those",
+    "six sit above the rest.",
 )
 def import_layers():
     for name, layer in LAYERS.items():
@@ -1156,6 +1172,7 @@ MEASURED_PAGES = {
         "cpu-matmuls.json",
         "cpu-memory.json",
         "cpu-ctc.json",
+        "cpu-contrastive-benchmark.json",
     ],
     "docs/large-vocab.md": ["cpu-linear.json", "cpu-lm.json"],
 }

@@ -112,7 +112,7 @@ def test_the_architecture_page_describes_the_package_as_it_is():
     package and of benchmarks/, names only files that exist, and every code name it
     quotes (``engine.forward_pass``, ``Config.passes``, ``token_codes``) is in the code."""
     page = (ROOT / "docs" / "architecture.md").read_text()
-    words = ["thirty", "thirty-one", "thirty-two", "thirty-three", "thirty-four"]
+    words = ["thirty", "thirty-one", "thirty-two", "thirty-three", "thirty-four", "thirty-five"]
     count = words[len(jaxloss.__all__) - 30]
     assert f"jaxloss is {count} public functions" in page
     quoted = set(re.findall(r"`([^`\s]+)`", page))

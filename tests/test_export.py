@@ -180,6 +180,26 @@ CASES = {
         lambda w, x, y: jax.vmap(lambda a, b: jl.linear_log_probs(a, w, b)[0])(x, y).sum(),
         (jax.ShapeDtypeStruct((16, 32), jnp.float32), XB, YB),
     ),
+    "contrastive_loss": (
+        lambda x, y, s, b: jl.contrastive_loss(
+            x, y, logit_scale=s, logit_bias=b, label_smoothing=0.1, chunk_size=4
+        ),
+        (X16, X16, jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32)),
+    ),
+    "contrastive_loss one direction none": (
+        lambda x, y: jl.contrastive_loss(x, y, direction="y_to_x", reduction="none").sum(),
+        (X, X),
+    ),
+    "sigmoid_contrastive_loss": (
+        lambda x, y, s, b: jl.sigmoid_contrastive_loss(
+            x, y, logit_scale=s, logit_bias=b, chunk_size=4
+        ),
+        (X16, X, jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32)),
+    ),
+    "ntxent_loss": (
+        lambda e, y, t: jl.ntxent_loss(e, y // 2, t, chunk_size=4),
+        (X, Y, jax.ShapeDtypeStruct((), jnp.float32)),
+    ),
     "linear_cross_entropy none": (
         lambda x, w, y: jl.linear_cross_entropy(x, w, y, reduction="none").sum(),
         (X16, jax.ShapeDtypeStruct((16, 32), jnp.bfloat16), Y),

@@ -117,9 +117,15 @@ def test_nan_in_an_element_is_nan_for_that_element_alone(entry):
     clean = _none(entry, args)
     poisoned = _element(entry, args, entry.scores, 0, jnp.nan)
     out = _none(entry, poisoned)
+    grad = _grad_of_sum(entry, poisoned, entry.scores)
+    if entry.pairwise:  # the others compare with element 0: their total is nan too
+        assert np.all(np.isnan(out[0]))
+        assert np.isnan(entry.call(**poisoned, reduction="sum"))
+        assert np.any(np.isnan(_slice(entry, entry.scores, grad, 0)))
+        return
     assert np.all(np.isnan(out[0]))
     np.testing.assert_array_equal(out[1:], clean[1:])
-    _assert_nan_for_the_first(entry, _grad_of_sum(entry, poisoned, entry.scores))
+    _assert_nan_for_the_first(entry, grad)
 
 
 def _assert_nan_for_the_first(entry, grad):
@@ -136,7 +142,8 @@ def _assert_nan_for_the_first(entry, grad):
 def test_infinite_scores_stay_in_their_element(entry):
     """+inf or -inf in one score of element 0: the other elements are unchanged with
     finite gradients, and where element 0's value is finite, so is its gradient (the
-    limit, never nan)."""
+    limit, never nan). Where every element reads element 0 (pairwise), a finite value
+    everywhere has a finite gradient everywhere."""
     args = _arrays(entry)
     clean = _none(entry, args)
     moved = jnp.moveaxis(args[entry.scores], entry.axis(entry.scores), 0)
@@ -144,8 +151,11 @@ def test_infinite_scores_stay_in_their_element(entry):
         bad = moved.at[(0,) + (0,) * (moved.ndim - 1)].set(value)
         bad = {**args, entry.scores: jnp.moveaxis(bad, 0, entry.axis(entry.scores))}
         out = _none(entry, bad)
-        np.testing.assert_array_equal(out[1:], clean[1:])
         grad = _grad_of_sum(entry, bad, entry.scores)
+        if entry.pairwise:
+            assert not np.all(np.isfinite(out)) or np.all(np.isfinite(grad)), value
+            continue
+        np.testing.assert_array_equal(out[1:], clean[1:])
         assert np.all(np.isfinite(_slice(entry, entry.scores, grad, slice(1, None))))
         if np.all(np.isfinite(out[0])):
             assert np.all(np.isfinite(_slice(entry, entry.scores, grad, 0))), value

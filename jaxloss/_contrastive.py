@@ -1,16 +1,17 @@
 """Contrastive losses over a batch of pairs without the B x B logits.
 
 Contrastive training classifies over the batch: with ``z = logit_scale * x @ y.T +
-logit_bias``, row ``i`` holds the scores of ``x_i`` against every ``y_j``. That is a
-linear head whose weight is ``y.T`` and whose vocabulary is the batch, so both losses
-run on the fused engine: CLIP's softmax loss is ``linear_cross_entropy`` once per
-direction (``x`` against ``y.T`` with target ``i`` in row ``i``, then ``y`` against
-``x.T``), SigLIP's sigmoid loss is ``SigmoidPairsHead``. No call holds more than a chunk
-of rows of the logits, in the value or in the gradient.
+logit_bias``, row ``i`` holds the scores of ``x_i`` against every ``y_j``. CLIP's
+softmax loss needs each row's and each column's log-sum-exp (``_fused/two_way.py``, one
+walk over chunks of rows for both), SigLIP's sigmoid loss each row's sum of softpluses
+(``_fused/sigmoid_pairs.py``), and NT-Xent is a head of the fused engine
+(``NTXentHead``, the batch's unit embeddings as the weight). No call holds more than a
+chunk of rows of the similarities, in the value or in the gradient.
 
 With the batch split over devices the operand every row is compared with is gathered
-once (replicated under a mesh, or ``all_gather``-ed over ``axis_name`` inside
-``shard_map``), as the written-out ``x @ y.T`` would gather it.
+once (inside ``shard_map`` over the rows' mesh axes where a mesh is set, or over a
+caller's ``axis_name``), as the written-out ``x @ y.T`` would gather it; with no mesh
+set, the walks run one group of rows per device (``_each_group``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from jax.typing import ArrayLike
 from jaxloss import _checks
 from jaxloss._fused import driver, engine
 from jaxloss._fused.chunking import VocabChunk, spread_over_devices
+from jaxloss._fused.sigmoid_pairs import sigmoid_pair_losses
 from jaxloss._fused.two_way import two_way_lse
 from jaxloss._reduce import explicit_sharding, safe_divide
 from jaxloss._targets import IGNORED
@@ -34,51 +36,6 @@ DIRECTIONS = ("both", "x_to_y", "y_to_x")
 # Logits per step by default: 4 MiB of float32, a quarter of the fused vocabulary losses'
 # chunk, since the batch's gathered side and its gradient share a device's memory.
 CHUNK_ELEMENTS = 2**20
-
-
-@dataclasses.dataclass(frozen=True)
-class SigmoidPairsHead:
-    """SigLIP's loss of one row (``engine.Head``): ``sum_j softplus(-s_j z_j)`` with
-    ``s_j = +1`` in the row's own column (its code) and ``-1`` elsewhere; its logit
-    gradient is ``-s_j sigmoid(-s_j z_j)``. The second pass needs nothing from the whole
-    row: the one saved value per row is a zero that keeps the rows' layout."""
-
-    @property
-    def saved_width(self) -> int:
-        return 1
-
-    @property
-    def stats_width(self) -> int:
-        return 0
-
-    def counted(self, codes, params):
-        return codes != IGNORED
-
-    def _signed(self, z, codes, ids):
-        targets = IndexTargets.from_codes(codes)
-        positive = ids == targets.class_index[:, None]
-        return targets, positive, jnp.where(positive, z, -z)
-
-    def loss(self, z, codes, params):
-        targets, _, u = self._signed(z, codes, jnp.arange(z.shape[1], dtype=jnp.int32))
-        loss = jnp.sum(jax.nn.softplus(-u), axis=-1)
-        loss = jnp.where(targets.bad, jnp.nan, jnp.where(targets.keep, loss, 0.0))
-        return loss, jnp.zeros((z.shape[0], 0), z.dtype)
-
-    def loss_and_grad(self, z, codes, params, fill: Fill) -> engine.HeadTerms:
-        loss, stats = self.loss(z, codes, params)
-        targets, positive, u = self._signed(z, codes, jnp.arange(z.shape[1], dtype=jnp.int32))
-        grad = self._finish(jnp.where(positive, -1.0, 1.0) * jax.nn.sigmoid(-u), targets, fill)
-        return engine.HeadTerms(loss, grad, jnp.zeros_like(loss)[:, None], stats)
-
-    def vocab_chunk_grad(self, z_t, codes, saved, params, chunk: VocabChunk, fill: Fill):
-        targets, positive, u = self._signed(z_t.T, codes, chunk.ids())
-        grad = self._finish(jnp.where(positive, -1.0, 1.0) * jax.nn.sigmoid(-u), targets, fill)
-        return grad.T
-
-    def _finish(self, grad, targets: IndexTargets, fill: Fill):
-        grad = jnp.where(targets.keep[:, None], grad, fill.zero)
-        return jnp.where(targets.bad[:, None], fill.nan, grad)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +179,17 @@ def _row_axes(a):
     return axes
 
 
+def _each_group(a, others):
+    """``others.T`` once per group of ``a``'s rows walked apart, ``(G, D, B)``: with no
+    mesh set and the rows dividing evenly over the devices, one group per device, so
+    that the partitioner, which cannot see the layout there, walks each group on the
+    device that holds its rows (see ``two_way``); else one group."""
+    devices = jax.device_count()
+    spread = jax.sharding.get_abstract_mesh().empty and spread_over_devices(a)
+    groups = devices if spread and a.shape[0] % devices == 0 else 1
+    return jnp.broadcast_to(others.T, (groups, *others.T.shape))
+
+
 def _on_each_device(fn, rows, shared, reduction: str, axis_name):
     """``fn(*rows, *shared, axis_name)``, the loss of the whole batch. Where a set mesh
     splits the rows, it runs inside ``shard_map`` over those axes, so that each device
@@ -308,9 +276,9 @@ def contrastive_loss(
     equals ``(cross_entropy(z, arange(B)) + cross_entropy(z.T, arange(B))) / 2``, and
     open_clip's ``ClipLoss`` with ``local_loss=False``.
 
-    Each direction is [`linear_cross_entropy`][jaxloss.linear_cross_entropy] with the
-    other side's embeddings as the weight (``y.T``, then ``x.T``), so memory holds a
-    chunk of rows of the logits at a time, in the value and in the gradient.
+    One walk over chunks of rows gives each row's log-sum-exp and keeps every column's
+    running maximum and sum, so memory holds a chunk of rows of the logits at a time,
+    in the value and in the gradient (which walks the chunks again).
 
     Gradient: with $P$ and $Q$ the row and column softmaxes of $z$ and $T$ the targets,
     $G = \tfrac{1}{2}(P - T) + \tfrac{1}{2}(Q - T)$ (times each pair's cotangent), and
@@ -329,7 +297,7 @@ def contrastive_loss(
         direction: ``"both"`` (CLIP), ``"x_to_y"`` (each ``x`` classifies among the
             ``y``: the rows alone) or ``"y_to_x"`` (the columns alone).
         reduction: ``"mean"`` over the pairs, ``"sum"``, or ``"none"`` for ``(B,)``.
-        chunk_size: rows of the logits per step (default: as many as fit 16 MiB).
+        chunk_size: rows of the logits per step (default: as many as fit $2^{20}$ logits).
         axis_name: inside ``shard_map`` with the batch split over this mesh axis (or
             tuple of axes): ``x`` and ``y`` are this device's pairs, the other side is
             gathered over it, ``"mean"`` and ``"sum"`` are over the whole batch (the same
@@ -390,11 +358,13 @@ def _clip_per_pair(a, y, bias, smoothing, weights, chunk_size, axis_name):
     offset = _row_offset(rows, axis_name)
     others, y = _gathered(y, axis_name).astype(acc), y.astype(acc)
     chunk = chunk_size or max(1, CHUNK_ELEMENTS // others.shape[0])
-    row_lse, col_lse = two_way_lse(a, others, bias, offset, chunk, axis_name)
+    row_lse, col_lse = two_way_lse(a, _each_group(a, others), bias, offset, chunk, axis_name)
     diagonal = jnp.sum(a * y, axis=-1) + bias
-    row_mean = a @ jnp.mean(others, axis=0) + bias
+    # The columns' means from this device's rows (summed over the devices), not from
+    # the gathered side, whose gradient would then hold a rank-one B x D term.
+    y_mean = _total(jnp.sum(y, axis=0), axis_name) / others.shape[0]
     a_mean = _total(jnp.sum(a, axis=0), axis_name) / others.shape[0]
-    col_mean = y @ a_mean + bias
+    row_mean, col_mean = a @ y_mean + bias, y @ a_mean + bias
     keep = 1.0 - smoothing
     row = row_lse - keep * diagonal - smoothing * row_mean
     col = col_lse - keep * diagonal - smoothing * col_mean
@@ -428,8 +398,8 @@ def sigmoid_contrastive_loss(
     initializes $s = 10$ and $b = -10$ and learns both; open_clip's ``SigLipLoss`` takes
     ``logit_scale.exp()`` as $s$ here.
 
-    The rows go through the fused engine in chunks with ``y.T`` as the weight, so memory
-    holds a chunk of rows of the logits at a time, in the value and in the gradient.
+    One walk over chunks of rows gives the value (a row needs nothing beyond itself)
+    and another the gradient, so memory holds a chunk of rows of the logits at a time.
 
     Gradient: $G_{ij} = -\sigma_{ij}\,\sigma(-\sigma_{ij} z_{ij})$ (times row ``i``'s
     cotangent), $\partial/\partial x = s\,G y$, $\partial/\partial y = s\,G^\top x$,
@@ -443,7 +413,7 @@ def sigmoid_contrastive_loss(
         logit_scale: the scalar $s$, differentiable.
         logit_bias: an optional scalar $b$, differentiable.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (see above).
-        chunk_size: rows of the logits per step (default: as many as fit 16 MiB).
+        chunk_size: rows of the logits per step (default: as many as fit $2^{20}$ logits).
         axis_name: inside ``shard_map`` with the batch split over this mesh axis (or
             tuple of axes): ``x`` and ``y`` are this device's pairs, ``y`` is gathered
             over it, ``"mean"`` and ``"sum"`` are over the whole batch and ``"none"``
@@ -481,11 +451,11 @@ def sigmoid_contrastive_loss(
     def loss(x, y, scale, *rest):
         acc = engine.accumulation_dtype(x, y)
         axis, bias = rest[-1], rest[0] if len(rest) == 2 else None
-        others = _gathered(y, axis)
-        per_row = _engine_rows(
-            SigmoidPairsHead(), _scaled(x, scale, acc), others, bias, None, None, reduction,
-            chunk_size, axis,
-        )  # fmt: skip
+        a, others = _scaled(x, scale, acc), _gathered(y, axis).astype(acc)
+        b = jnp.zeros((), acc) if bias is None else bias.astype(acc)
+        chunk = chunk_size or max(1, CHUNK_ELEMENTS // others.shape[0])
+        offset = _row_offset(a.shape[0], axis)
+        per_row = sigmoid_pair_losses(a, _each_group(a, others), b, offset, chunk)
         return _reduced(per_row, reduction, x.shape[0], axis).astype(dtype)
 
     return _on_each_device(loss, (x, y), shared, reduction, axis_name)
@@ -576,7 +546,7 @@ def ntxent_loss(
         labels: ``(B,)`` integers; equal labels mark positive pairs.
         temperature: $\tau > 0$, differentiable.
         reduction: ``"mean"`` (over positive pairs), ``"sum"`` or ``"none"`` (``(B,)``).
-        chunk_size: rows per step (default: as many as fit 16 MiB of similarities).
+        chunk_size: rows per step (default: as many as fit $2^{20}$ similarities).
         axis_name: inside ``shard_map`` with the batch split over this mesh axis (or
             tuple of axes): the rows of this device against the gathered batch;
             ``"mean"`` and ``"sum"`` over the whole batch, ``"none"`` this device's rows.

@@ -6,9 +6,13 @@ JAX starts). ``agree``: in the three modes of tests/sharded_cases.py and inside
 floating arguments against one device, a JSON line per case. ``measure B D [PATH]``:
 the compiled ``value_and_grad`` of each loss and of its written-out form in the same
 layout, compiled only: collective elements (loops weighted by their trip counts) and
-temporary bytes per device, a JSON line per cell (saved to PATH if given).
+temporary bytes per device, a JSON line per cell (saved to PATH if given). ``unsplit B
+D``: the batch on one device of the 8, with no mesh set and under a one-device mesh:
+each CLIP and SigLIP program's temporaries, and on a small batch its value against the
+same loss with the batch split.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -212,6 +216,24 @@ def measure(batch, dim):
     return lines
 
 
+def unsplit(batch, dim):
+    one = jax.make_mesh((1,), ("d",), devices=jax.devices()[:1],
+                        axis_types=(jax.sharding.AxisType.Auto,))  # fmt: skip
+    plain = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in shapes(batch, dim, one)]
+    small = inputs(64, 8)
+    split_mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+    for name in NAMES[:2]:
+        split = float(step(fused(name))(*placed(small, split_mesh))[0])
+        for setting in ("no mesh", "one-device mesh"):
+            with jax.set_mesh(one) if setting != "no mesh" else contextlib.nullcontext():
+                program = step(fused(name))
+                temp = program.lower(*plain).compile().memory_analysis().temp_size_in_bytes
+                value = float(program(*small)[0])
+            line = {"loss": name, "setting": setting, "temp": int(temp),
+                    "value_error": abs(value - split), "value": split}  # fmt: skip
+            print(json.dumps(line), flush=True)
+
+
 MODE_NAMES = {
     "auto": "automatic, no mesh set",
     "auto_mesh": "automatic, `jax.set_mesh`",
@@ -241,6 +263,8 @@ if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     if sys.argv[1] == "agree":
         agree()
+    elif sys.argv[1] == "unsplit":
+        unsplit(int(sys.argv[2]), int(sys.argv[3]))
     else:
         batch, dim = int(sys.argv[2]), int(sys.argv[3])
         lines = measure(batch, dim)

@@ -9,7 +9,9 @@ layout, compiled only: collective elements (loops weighted by their trip counts)
 temporary bytes per device, a JSON line per cell (saved to PATH if given). ``unsplit B
 D``: the batch on one device of the 8, with no mesh set and under a one-device mesh:
 each CLIP and SigLIP program's temporaries, and on a small batch its value against the
-same loss with the batch split.
+same loss with the batch split. ``second_order``: in float64 with no mesh set, the batch
+split into groups whose last chunk is padded, ``check_grads`` of CLIP and SigLIP to
+second order in both modes, and the value against the written-out loss's.
 """
 
 import contextlib
@@ -29,6 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
 
 import jaxloss as jl  # noqa: E402
 from benchmarks.measure import collective_elements, environment  # noqa: E402
@@ -234,6 +237,22 @@ def unsplit(batch, dim):
             print(json.dumps(line), flush=True)
 
 
+def second_order():
+    jax.config.update("jax_enable_x64", True)
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((2, 40, 6))  # 5 rows per device, in chunks of 3
+    split = [jax.device_put(a, NamedSharding(mesh, ROWS)) for a in (x, y)]
+    for name in NAMES[:2]:
+        for chunk_size in (None, 3):
+            fn = jax.jit(lambda x, y, s, b: fused(name, chunk_size=chunk_size)(x, y, s, b, None))
+            check_grads(fn, (*split, 1.3, -0.4), order=2, modes=("fwd", "rev"))
+            written_out = float(naive(name)(x, y, 1.3, -0.4, None))
+            error = abs(float(fn(*split, 1.3, -0.4)) - written_out)
+            line = {"loss": name, "chunk_size": chunk_size, "value_error": error}
+            print(json.dumps(line), flush=True)
+
+
 MODE_NAMES = {
     "auto": "automatic, no mesh set",
     "auto_mesh": "automatic, `jax.set_mesh`",
@@ -263,6 +282,8 @@ if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     if sys.argv[1] == "agree":
         agree()
+    elif sys.argv[1] == "second_order":
+        second_order()
     elif sys.argv[1] == "unsplit":
         unsplit(int(sys.argv[2]), int(sys.argv[3]))
     else:

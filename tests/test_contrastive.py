@@ -308,6 +308,17 @@ def test_eight_devices_agree_with_one_in_every_mode():
 
 
 @pytest.mark.exhaustive
+def test_row_groups_on_eight_devices_to_second_order():
+    """With no mesh set the rows are walked in one group per device: ``check_grads`` to
+    second order in both modes (inside the script), with a padded last chunk in each
+    group, and the value equal to the written-out loss's."""
+    lines = run_script("contrastive_cases.py", "second_order")
+    assert len(lines) == 4
+    for line in lines:
+        assert line["value_error"] <= 1e-12, line
+
+
+@pytest.mark.exhaustive
 def test_collectives_and_temporaries_per_device_as_documented():
     """B = 16384, D = 256 on 8 devices (compiles only): the counts of the saved run that
     docs/contrastive.md quotes, exactly; under a mesh or in ``shard_map`` at most 1.1x

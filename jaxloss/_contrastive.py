@@ -208,6 +208,11 @@ def _on_each_device(fn, rows, shared, reduction: str, axis_name):
     return mapped(*rows, *shared)
 
 
+def _rows_per_chunk(chunk_size: int | None, columns: int) -> int:
+    """``chunk_size``, or as many rows as hold ``CHUNK_ELEMENTS`` similarities."""
+    return chunk_size or max(1, CHUNK_ELEMENTS // columns)
+
+
 def _row_offset(rows: int, axis_name):
     """The index in the whole batch of this device's first row."""
     if axis_name is None:
@@ -357,7 +362,7 @@ def _clip_per_pair(a, y, bias, smoothing, weights, chunk_size, axis_name):
     rows, acc = a.shape[0], a.dtype
     offset = _row_offset(rows, axis_name)
     others, y = _gathered(y, axis_name).astype(acc), y.astype(acc)
-    chunk = chunk_size or max(1, CHUNK_ELEMENTS // others.shape[0])
+    chunk = _rows_per_chunk(chunk_size, others.shape[0])
     row_lse, col_lse = two_way_lse(a, _each_group(a, others), bias, offset, chunk, axis_name)
     diagonal = jnp.sum(a * y, axis=-1) + bias
     # The columns' means from this device's rows (summed over the devices), not from
@@ -453,7 +458,7 @@ def sigmoid_contrastive_loss(
         axis, bias = rest[-1], rest[0] if len(rest) == 2 else None
         a, others = _scaled(x, scale, acc), _gathered(y, axis).astype(acc)
         b = jnp.zeros((), acc) if bias is None else bias.astype(acc)
-        chunk = chunk_size or max(1, CHUNK_ELEMENTS // others.shape[0])
+        chunk = _rows_per_chunk(chunk_size, others.shape[0])
         offset = _row_offset(a.shape[0], axis)
         per_row = sigmoid_pair_losses(a, _each_group(a, others), b, offset, chunk)
         return _reduced(per_row, reduction, x.shape[0], axis).astype(dtype)
@@ -468,7 +473,7 @@ def _engine_rows(head, a, others, bias, row_labels, labels, reduction, chunk_siz
     weighting, plan = driver.check_token_options(
         a, w, reduction="none" if reduction == "none" else "sum", token_weight=None,
         segment_ids=None, normalizer=None,
-        chunk_size=chunk_size or max(1, CHUNK_ELEMENTS // w.shape[1]), passes=None,
+        chunk_size=_rows_per_chunk(chunk_size, w.shape[1]), passes=None,
         vocab_chunk_size=None, vocab_size=None,
     )  # fmt: skip
     rows = a.shape[0]

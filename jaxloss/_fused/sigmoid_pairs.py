@@ -27,9 +27,14 @@ def _signed(z, first_row):
     return pair, jnp.where(pair, z, -z)
 
 
-def _group_losses(a, first_row, w, b, *, chunk: int):
+def _chunks_and_starts(a, first_row, chunk: int):
+    """``a``'s rows in chunks, and the index in the batch of each chunk's first row."""
     chunks, _ = _chunked(a, chunk)
-    starts = first_row + chunk * jnp.arange(chunks.shape[0])
+    return chunks, first_row + chunk * jnp.arange(chunks.shape[0])
+
+
+def _group_losses(a, first_row, w, b, *, chunk: int):
+    chunks, starts = _chunks_and_starts(a, first_row, chunk)
 
     def chunk_losses(inputs):
         _, signed = _signed(_logits(inputs[0], w, b), inputs[1])
@@ -41,9 +46,8 @@ def _group_losses(a, first_row, w, b, *, chunk: int):
 def _group_tangents(a, first_row, w, b, u, v, c, *, chunk: int):
     """``sum_j g_ij dz_ij`` of this group's rows, ``dz = u w + a v + c``: linear in
     ``(u, v, c)``."""
-    chunks, _ = _chunked(a, chunk)
+    chunks, starts = _chunks_and_starts(a, first_row, chunk)
     u_chunks, _ = _chunked(u, chunk)
-    starts = first_row + chunk * jnp.arange(chunks.shape[0])
 
     @jax.checkpoint
     def chunk_tangents(inputs):

@@ -147,6 +147,35 @@ def count(fn, mesh, mode_name, args):
     return sum(collective_elements(compiled.as_text()).values())
 
 
+def export_sharded(mesh, x_spec, w_spec):
+    """``jax.export`` of value and gradients with the FSDP layout and no mesh set: the
+    identity that gathers w is exported as it is (its partitioning rule is a callback)."""
+
+    def shape(dims, dtype, spec):
+        return jax.ShapeDtypeStruct(dims, dtype, sharding=NamedSharding(mesh, spec))
+
+    args = (
+        shape((2048, 64), jnp.float32, x_spec),
+        shape((64, 4096), jnp.float32, w_spec),
+        shape((2048,), jnp.int32, P(x_spec[0])),
+    )
+    step = jax.value_and_grad(lambda x, w, y: jl.linear_cross_entropy(x, w, y), argnums=(0, 1))
+    exported = jax.export.export(jax.jit(step), platforms=["cpu", "cuda", "tpu"])(*args)
+    with jax.set_mesh(mesh):
+        under_mesh = jax.export.export(jax.jit(step), platforms=["cpu", "cuda", "tpu"])(*args)
+
+    def elements(fn):
+        return sum(collective_elements(jax.jit(fn).lower(*args).compile().as_text()).values())
+
+    line = {
+        "exported_platforms": list(exported.platforms),
+        "jitted": elements(step),
+        "exported": elements(exported.call),
+        "exported_under_mesh": elements(under_mesh.call),
+    }
+    print(json.dumps(line), flush=True)
+
+
 def main(tokens_per_device, hidden, vocab, chunk, modes, dtypes, layouts=None):
     """Prints a JSON line per cell and loss, and returns them."""
     lines = []
@@ -186,6 +215,9 @@ if __name__ == "__main__":
         main(256, 64, 4096, 64, list(MODES), [jnp.bfloat16, jnp.float32])
     elif sys.argv[1] == "sample":  # two cells of the matrix
         main(256, 64, 4096, 64, ["auto_mesh"], [jnp.bfloat16], ["fsdp", "data+vocab"])
+    elif sys.argv[1] == "no_mesh_fsdp":  # the cell the partitioning rule of hidden_whole serves
+        main(256, 64, 4096, 64, ["auto"], [jnp.float32], ["fsdp"])
+        export_sharded(*fused_layouts(MODES["auto"][0])["fsdp"][:3])
     else:  # the training shape; "large PATH" also saves the lines (docs/sharding.md)
         lines = main(8192, 1024, 32768, None, list(MODES), [jnp.bfloat16, jnp.float32])
         if len(sys.argv) > 2:

@@ -44,6 +44,7 @@ from jaxloss._fused.chunking import (
     loop_variant,
     spread_over_devices,
 )
+from jaxloss._fused.hidden_whole import hidden_whole
 from jaxloss._reduce import compute_dtype, explicit_sharding, is_zero, varying_zero
 from jaxloss._xent import Fill
 
@@ -204,7 +205,7 @@ def check_layout(x, w) -> None:
         )
 
 
-def whole_hidden(w, spread: bool):
+def whole_hidden(w, spread: bool, tangent: bool = False):
     """``w`` with its hidden axis whole on every device, and a function that returns a
     gradient to ``w``'s sharding.
 
@@ -214,15 +215,17 @@ def whole_hidden(w, spread: bool):
     cannot be seen while tracing: with a mesh set (``jax.set_mesh``) a constraint asks
     for the hidden axis whole and leaves the vocabulary axis to the partitioner (a
     no-op for any other layout). With none set there is no mesh to state it over (one
-    made up here would not be the mesh of the arrays), and the partitioner decides:
-    it gathers ``w`` once for the first pass, and each vocabulary chunk again in the
-    second.
+    made up here would not be the mesh of the arrays): ``hidden_whole`` asks for the
+    same when the program is partitioned, where the layout is known. A ``tangent`` (a
+    linear input, transposed in reverse mode) is left as it is there.
     """
     sharding = explicit_sharding(w)
     if sharding is None:
         mesh = jax.sharding.get_abstract_mesh()
-        if not spread or mesh.empty:
+        if not spread:
             return w, lambda g: g
+        if mesh.empty:
+            return (w if tangent else hidden_whole(w)), lambda g: g
         if not any(t == jax.sharding.AxisType.Auto for t in mesh.axis_types):
             # Under an explicit mesh, a w that is not on it (a NumPy array, or one
             # placed before the mesh was set) is put on it replicated, as it is.

@@ -255,7 +255,7 @@ def _per_token_values_jvp(head: TokenHead, config: engine.Config, primals, tange
         spread = spread_over_devices(x)
         w_whole, _ = engine.whole_hidden(w, spread)
         if dw is not None:
-            dw, _ = engine.whole_hidden(dw, spread)
+            dw, _ = engine.whole_hidden(dw, spread, tangent=True)
         tangent = tangent + vocab_tangent(
             head, config, x, w_whole, bias, tokens, params, out.saved, dw, dbias
         )

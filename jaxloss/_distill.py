@@ -370,7 +370,9 @@ def linear_kl_div(
             ``linear_cross_entropy``).
         chunk_size: tokens per chunk (static); by default the largest power of two
             whose float32 logits fit in 16 MiB (at least 8), but no more than the
-            number of tokens rounded up to a power of two.
+            number of tokens rounded up to a power of two; where the tokens may be
+            split over devices, rounded up to a multiple of their number (under
+            explicit sharding, of the devices that split the tokens).
         passes: 1 or 2 (static), as in ``linear_cross_entropy``: two passes keep no
             ``H x V`` buffer and, on several devices, reduce the weight gradient once
             per step; ``None`` chooses as ``linear_cross_entropy`` does.

@@ -377,7 +377,9 @@ def linear_cross_entropy(
         logit_softcap: optional $c > 0$ for $c\tanh(z/c)$ (Gemma 2).
         chunk_size: tokens per chunk (static); by default the largest power of two
             whose float32 logits fit in 16 MiB (at least 8), but no more than the
-            number of tokens rounded up to a power of two.
+            number of tokens rounded up to a power of two; where the tokens may be
+            split over devices, rounded up to a multiple of their number (under
+            explicit sharding, of the devices that split the tokens).
         passes: 1 or 2, how the gradients of ``"mean"`` and ``"sum"`` are formed
             (static; see above); ``None`` chooses two where the tokens may be spread
             over devices (explicit sharding, or more than one device outside a

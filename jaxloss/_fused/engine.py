@@ -136,6 +136,9 @@ class Config:
         hidden, vocab = w.shape
         num_tokens = math.prod(x.shape[:-1])
         chunk = int(chunk_size or auto_chunk_size(num_tokens, vocab))
+        # Each chunk holds a block of every device's rows (see chunking): a whole one.
+        shards = _token_shards(x)
+        chunk = -(-chunk // shards) * shards
         spread = spread_over_devices(x)
         if passes is None:
             narrow = jnp.dtype(w.dtype).itemsize < jnp.dtype(accumulation_dtype(x, w)).itemsize
@@ -146,6 +149,17 @@ class Config:
         else:
             width = vocab_chunk_size or auto_vocab_chunk_size(hidden, vocab, w.dtype.itemsize)
         return cls(chunk, passes, int(min(width, vocab)), auto_dw_update_size(vocab, hidden))
+
+
+def _token_shards(x) -> int:
+    """How many devices may split ``x``'s tokens: under explicit sharding those of its
+    spec; under automatic sharding all of them (a multiple of any split of the tokens)
+    where they may be spread (``spread_over_devices``), else 1."""
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return jax.device_count() if spread_over_devices(x) else 1
+    sizes = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_sizes, strict=True))
+    return math.prod(sizes[a] for a in jax.tree.leaves(list(sharding.spec[: x.ndim - 1])))
 
 
 class HeadTerms(NamedTuple):

@@ -87,9 +87,18 @@ def _teacher_chunk(rows: TeacherRows, teacher_w, keep, vocab: int, inv_t, acc) -
 
 def _scatter_rows(like, index, values, mode=None) -> jax.Array:
     """``zeros_like(like)`` with ``values[n, k]`` added at ``[n, index[n, k]]`` (under
-    explicit sharding, sharded as ``like``)."""
-    rows = jnp.arange(like.shape[0], dtype=jnp.int32)[:, None]
+    explicit sharding, sharded as ``like``).
+
+    Where the rows may be split over devices, as each column compared with the ``k``
+    indices of its row: the partitioner would gather a scatter's indices and values to
+    every device (in each vocabulary chunk of the second pass), and the comparison stays
+    on each device's rows and columns. An index outside the columns adds nothing."""
     sharding = explicit_sharding(like)
+    if spread_over_devices(like):
+        hits = index[:, :, None] == jnp.arange(like.shape[1], dtype=index.dtype)
+        dense = jnp.sum(jnp.where(hits, values[:, :, None], 0.0), axis=1).astype(like.dtype)
+        return dense if sharding is None else jax.sharding.reshard(dense, sharding)
+    rows = jnp.arange(like.shape[0], dtype=jnp.int32)[:, None]
     where = {} if sharding is None else {"out_sharding": sharding}
     return jnp.zeros_like(like).at[rows, index].add(values, mode=mode, **where)
 
@@ -99,6 +108,16 @@ def _dense_q(teacher: _TeacherChunk, z) -> jax.Array:
     if teacher.ids is None:
         return teacher.q
     return _scatter_rows(z, teacher.ids, teacher.q)
+
+
+def _pick_columns(z, ids, out_sharding):
+    """``z[n, ids[n, k]]``. Along the rows' axis under automatic sharding, where the
+    partitioner would gather the (row, id) pairs of an indexing to every device; under
+    explicit sharding, which gives no take along an axis an output sharding, by pairs."""
+    if out_sharding is None:
+        return jnp.take_along_axis(z, ids, axis=1)
+    rows = jnp.arange(z.shape[0], dtype=jnp.int32)[:, None]
+    return z.at[rows, ids].get(out_sharding=out_sharding)
 
 
 def _kl_terms(z, teacher: _TeacherChunk, keep, inv_t):
@@ -111,8 +130,7 @@ def _kl_terms(z, teacher: _TeacherChunk, keep, inv_t):
     if teacher.ids is None:
         cross = jnp.sum(jnp.where(teacher.q > 0, teacher.q * shifted, 0.0), axis=-1)
     else:
-        rows = jnp.arange(z.shape[0], dtype=jnp.int32)[:, None]
-        picked = shifted.at[rows, teacher.ids].get(out_sharding=explicit_sharding(teacher.q))
+        picked = _pick_columns(shifted, teacher.ids, explicit_sharding(teacher.q))
         cross = jnp.sum(jnp.where(teacher.q > 0, teacher.q * picked, 0.0), axis=-1)
     # sum_v q_v (log q_v - log p_v), log p_v = (z_v / T - m) - log s, and sum_v q_v = 1.
     kl = (teacher.neg_entropy - cross + log_s) / jnp.square(inv_t)

@@ -136,10 +136,10 @@ class Config:
         hidden, vocab = w.shape
         num_tokens = math.prod(x.shape[:-1])
         chunk = int(chunk_size or auto_chunk_size(num_tokens, vocab))
-        # Each chunk holds a block of every device's rows (see chunking): a whole one.
-        shards = _token_shards(x)
-        chunk = -(-chunk // shards) * shards
         spread = spread_over_devices(x)
+        # Each chunk holds a block of every device's rows (see chunking): a whole one.
+        shards = _token_shards(x, spread)
+        chunk = -(-chunk // shards) * shards
         if passes is None:
             narrow = jnp.dtype(w.dtype).itemsize < jnp.dtype(accumulation_dtype(x, w)).itemsize
             passes = 2 if spread or narrow else 1
@@ -151,15 +151,20 @@ class Config:
         return cls(chunk, passes, int(min(width, vocab)), auto_dw_update_size(vocab, hidden))
 
 
-def _token_shards(x) -> int:
+def _token_shards(x, spread: bool) -> int:
     """How many devices may split ``x``'s tokens: under explicit sharding those of its
     spec; under automatic sharding all of them (a multiple of any split of the tokens)
-    where they may be spread (``spread_over_devices``), else 1."""
+    where they may be ``spread``, else 1."""
     sharding = explicit_sharding(x)
     if sharding is None:
-        return jax.device_count() if spread_over_devices(x) else 1
-    sizes = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_sizes, strict=True))
-    return math.prod(sizes[a] for a in jax.tree.leaves(list(sharding.spec[: x.ndim - 1])))
+        return jax.device_count() if spread else 1
+    return _devices_splitting(sharding, x.ndim - 1)
+
+
+def _devices_splitting(sharding, leading: int) -> int:
+    """How many devices split the first ``leading`` axes of an array with ``sharding``."""
+    axes = jax.tree.leaves(list(sharding.spec[:leading]))
+    return math.prod(sharding.mesh.shape[a] for a in axes)
 
 
 class HeadTerms(NamedTuple):
@@ -627,8 +632,7 @@ def _example_groups(count: int, batched) -> int:
     """Into how many groups ``vmap``'s ``count`` examples are split over devices."""
     shardings = [s for s in map(explicit_sharding, batched) if s is not None]
     if shardings:
-        sizes = dict(zip(shardings[0].mesh.axis_names, shardings[0].mesh.axis_sizes, strict=True))
-        return max(math.prod(sizes[n] for n in jax.tree.leaves(s.spec[:1])) for s in shardings)
+        return max(_devices_splitting(s, 1) for s in shardings)
     if not spread_over_devices(batched[0]):
         return 1
     return math.gcd(count, jax.device_count())

@@ -176,6 +176,31 @@ def export_sharded(mesh, x_spec, w_spec):
     print(json.dumps(line), flush=True)
 
 
+def same_axis_minimal(tokens_per_device=1024, hidden=64, vocab=2048, chunk=128):
+    """The smallest program of the same-axis layout (tokens and ``w``'s vocabulary both
+    over the 8 devices, no mesh set): one ``x @ w`` against the same product in a loop
+    over token chunks, each chunk a block of every device's rows as the fused losses
+    lay them out. Prints the all-gathered elements of each (loops weighted)."""
+    mesh, x_spec, w_spec, _ = fused_layouts(MODES["auto"][0])["vocab_on_data"]
+    n = 8 * tokens_per_device
+    x = jax.ShapeDtypeStruct((n, hidden), jnp.float32, sharding=NamedSharding(mesh, x_spec))
+    w = jax.ShapeDtypeStruct((hidden, vocab), jnp.float32, sharding=NamedSharding(mesh, w_spec))
+
+    def whole(x, w):
+        return jnp.max(x @ w, axis=-1)
+
+    def chunked(x, w):
+        blocks = x.reshape(8, n // chunk, chunk // 8, hidden).transpose(1, 0, 2, 3)
+        return jax.lax.map(lambda rows: jnp.max(rows.reshape(chunk, hidden) @ w, axis=-1), blocks)
+
+    def gathered(fn):
+        hlo = jax.jit(fn).lower(x, w).compile().as_text()
+        return collective_elements(hlo).get("all-gather", 0)
+
+    line = {"n": n, "hidden": hidden, "vocab": vocab, "whole": gathered(whole)}
+    print(json.dumps(line | {"chunked": gathered(chunked)}), flush=True)
+
+
 def main(tokens_per_device, hidden, vocab, chunk, modes, dtypes, layouts=None):
     """Prints a JSON line per cell and loss, and returns them."""
     lines = []
@@ -218,6 +243,8 @@ if __name__ == "__main__":
     elif sys.argv[1] == "no_mesh_fsdp":  # the cell the partitioning rule of hidden_whole serves
         main(256, 64, 4096, 64, ["auto"], [jnp.float32], ["fsdp"])
         export_sharded(*fused_layouts(MODES["auto"][0])["fsdp"][:3])
+    elif sys.argv[1] == "same_axis_minimal":
+        same_axis_minimal()
     else:  # the training shape; "large PATH" also saves the lines (docs/sharding.md)
         lines = main(8192, 1024, 32768, None, list(MODES), [jnp.bfloat16, jnp.float32])
         if len(sys.argv) > 2:

@@ -236,6 +236,19 @@ def test_an_fsdp_w_with_no_mesh_set_is_gathered_once():
 
 
 @pytest.mark.exhaustive
+def test_a_chunk_loop_on_the_same_axis_moves_every_token_where_one_product_moves_w():
+    """Why the same-axis layout is short of the unfused loss (docs/sharding.md): with
+    the tokens and w's vocabulary split over the same devices, one x @ w gathers w
+    (H x V elements), and the same product in a loop over token chunks gathers each
+    chunk of x instead (N x H over the loop), whatever the program around it."""
+    (line,) = run_script("communication_cases.py", "same_axis_minimal")
+    n, hidden, vocab = line["n"], line["hidden"], line["vocab"]
+    assert n * hidden == 4 * hidden * vocab, line
+    assert line["whole"] == hidden * vocab, line
+    assert line["chunked"] == n * hidden, line
+
+
+@pytest.mark.exhaustive
 def test_fused_losses_compile_in_every_layout_mode_and_dtype():
     """The whole matrix at a small shape (compiles only): every layout, mode and dtype
     compiles, and each weight gradient crosses the network a bounded number of times."""

@@ -7,7 +7,7 @@ floor program (it only writes arrays of the gradients' shapes: dX + dW and the
 runtime's own cost of returning them); ``linear_cross_entropy`` by default; with half
 the default ``chunk_size``; and by default with XLA's CPU backend multiplying by itself
 instead of through its YNNPACK fusions (``--xla_cpu_experimental_ynn_fusion_type=``),
-whose packed copies of the operands live outside XLA's temporaries.
+which allocate their working buffers outside XLA's temporaries.
 """
 
 from __future__ import annotations

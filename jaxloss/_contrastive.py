@@ -88,7 +88,9 @@ class NTXentHead:
         loss = self._terms(z, tokens, column_labels, ids, 0.0)[0]
         return loss, jnp.zeros((z.shape[0], 0), z.dtype)
 
-    def loss_and_grad(self, z, tokens, column_labels, fill: Fill) -> engine.HeadTerms:
+    def loss_and_grad(
+        self, z, tokens, column_labels, fill: Fill, by_slices: bool = False
+    ) -> engine.HeadTerms:
         ids = jnp.arange(z.shape[1], dtype=jnp.int32)
         terms = self._terms(z, tokens, column_labels, ids, fill.zero)
         loss, positive, negative, m, log_s, gap = terms
@@ -96,6 +98,9 @@ class NTXentHead:
         saved = jnp.stack([m, log_s, a], axis=-1)
         grad = self._grad(z, saved, positive, negative, tokens, fill)
         return engine.HeadTerms(loss, grad, saved, jnp.zeros((z.shape[0], 0), z.dtype))
+
+    def grad_by_slices(self, column_labels) -> bool:
+        return True
 
     def vocab_chunk_grad(self, z_t, tokens, saved, column_labels, chunk: VocabChunk, fill: Fill):
         positive, negative = self._masks(tokens, column_labels, chunk.ids())

@@ -205,7 +205,9 @@ class DistillationHead:
         kl = _kl_of_logits(z, chunk, tokens[0], teacher.inv_t)
         return kl, jnp.zeros((z.shape[0], 0), z.dtype)
 
-    def loss_and_grad(self, z, tokens, teacher: Teacher, fill: Fill) -> engine.HeadTerms:
+    def loss_and_grad(
+        self, z, tokens, teacher: Teacher, fill: Fill, by_slices: bool = False
+    ) -> engine.HeadTerms:
         keep = tokens[0]
         chunk = self._teacher(tokens, teacher, z.dtype)
         z = self._masked(z, jnp.arange(self.padded, dtype=jnp.int32))
@@ -214,6 +216,9 @@ class DistillationHead:
         grad = _kl_logit_grad(jnp.exp(log_p), q, chunk.bad[:, None], keep[:, None], teacher.inv_t)
         saved = jnp.stack([lse, chunk.lse], axis=-1)
         return engine.HeadTerms(kl, grad, saved, jnp.zeros((z.shape[0], 0), z.dtype))
+
+    def grad_by_slices(self, teacher: Teacher) -> bool:
+        return teacher.w is None  # a dense teacher's logits would be formed again
 
     def vocab_chunk_grad(self, z_t, tokens, saved, teacher: Teacher, chunk: VocabChunk, fill: Fill):
         keep, rows = tokens
@@ -556,7 +561,9 @@ class JSDHead:
         loss = _jsd_of_logits(self.beta, z, log_p, tokens[0], teacher.inv_t)
         return loss, jnp.zeros((z.shape[0], 0), z.dtype)
 
-    def loss_and_grad(self, z, tokens, teacher: Teacher, fill: Fill) -> engine.HeadTerms:
+    def loss_and_grad(
+        self, z, tokens, teacher: Teacher, fill: Fill, by_slices: bool = False
+    ) -> engine.HeadTerms:
         keep = tokens[0][:, None]
         log_p, teacher_lse = self._teacher(tokens, teacher, z.dtype)
         s = self._scaled(z, jnp.arange(self.padded, dtype=jnp.int32), teacher.inv_t)
@@ -566,6 +573,9 @@ class JSDHead:
         saved = jnp.stack([lse, teacher_lse, r], axis=-1)
         loss = jnp.where(keep[:, 0], loss, 0.0)
         return engine.HeadTerms(loss, grad, saved, jnp.zeros((z.shape[0], 0), z.dtype))
+
+    def grad_by_slices(self, teacher: Teacher) -> bool:
+        return False  # the teacher's logits would be formed again
 
     def vocab_chunk_grad(self, z_t, tokens, saved, teacher: Teacher, chunk: VocabChunk, fill: Fill):
         keep, rows = tokens

@@ -117,17 +117,25 @@ class CrossEntropyHead:
         m, s = max_and_sum_exp(z, -1)
         return loss, self._stats(z, m, jnp.log(s[:, 0]), targets)
 
-    def loss_and_grad(self, z, codes, scalars: Scalars, fill: Fill) -> engine.HeadTerms:
+    def loss_and_grad(
+        self, z, codes, scalars: Scalars, fill: Fill, by_slices: bool = False
+    ) -> engine.HeadTerms:
         """The loss ``sum_c a_c (lse - z_c) = S log s + sum_c a_c (m - z_c)`` is formed
         from the target's logit and, with smoothing, one weighted sum over the classes,
         and ``S`` in closed form: the coefficients ``a`` appear only inside the
         gradient's elementwise expression, so the chunk's only full-size arrays are its
-        logits and their gradient."""
+        logits, their gradient and the by-products its row sums read (``by_slices``:
+        computed after the sum of exponentials, so that one of them is alive at a time
+        beside the logits)."""
         acc, columns = z.dtype, jnp.arange(self.padded, dtype=jnp.int32)
         eps = scalars.label_smoothing
         targets, w_y, counted = self._targets(codes, scalars)
         z, tanh = self._capped(z, scalars, columns)
         m, s = max_and_sum_exp(z, -1)
+        if by_slices:
+            # The sums before the other reductions over z: each reads a chunk-sized
+            # temporary, and the order keeps only one of them alive next to z.
+            z, m, s = jax.lax.optimization_barrier((z, m, s))
         log_s = jnp.log(s[:, 0])
         # Shifted logits below -(largest float) (a -inf bias) count as the largest float,
         # so that a class without mass adds 0; mass on one makes the loss inf, as in
@@ -161,6 +169,9 @@ class CrossEntropyHead:
         # would round at lse's magnitude.
         saved = jnp.stack([m[:, 0], log_s, scale], axis=-1)
         return engine.HeadTerms(loss, grad, saved, self._stats(z, m, log_s, targets))
+
+    def grad_by_slices(self, scalars: Scalars) -> bool:
+        return True
 
     def vocab_chunk_grad(self, z_t, codes, saved, scalars: Scalars, chunk: VocabChunk, fill: Fill):
         targets, w_y, counted = self._targets(codes, scalars)
@@ -310,8 +321,8 @@ def linear_cross_entropy(
     For language-model heads with large vocabularies: the result equals
     ``cross_entropy(x @ w + bias, targets, ...)`` to float32 rounding, but tokens
     are processed in chunks, so peak memory is a few chunk-sized buffers
-    (``chunk_size x V`` floats: the chunk's logits and their gradient, about five
-    with smoothing, z-loss and soft-cap together) instead of ``N x V`` for the
+    (``chunk_size x V`` floats: two or three by default, up to about six with
+    smoothing, z-loss and soft-cap together) instead of ``N x V`` for the
     logits and again for their gradient.
 
     $$

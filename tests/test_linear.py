@@ -102,6 +102,93 @@ def test_weight_gradient_accumulated_in_vocabulary_slices(x64, monkeypatch, redu
     )
 
 
+def _slices_against_whole_gradient(monkeypatch, head_class, loss, x, w):
+    """``loss``'s value and gradients with one pass forming each chunk's logit gradient
+    a vocabulary slice at a time (8 columns: H = 8 and 1024-byte chunks) and, with
+    ``head_class.grad_by_slices`` off, whole: the two programs agree (nan included)."""
+    from jaxloss._fused import engine
+
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 1024)
+    step = jax.value_and_grad(loss, (0, 1))
+    sliced = step(x, w)
+    monkeypatch.setattr(head_class, "grad_by_slices", lambda self, params: False)
+    jax.clear_caches()  # grad_by_slices is read while tracing
+    whole = step(x, w)
+    assert engine.auto_dw_update_size(32, 8) == 8
+    for a, c in zip(jax.tree.leaves(sliced), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-14, equal_nan=True)
+    return sliced
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"label_smoothing": 0.1, "z_loss": 1e-3, "logit_softcap": 4.0, "bias": True},
+        {"weight": True, "token_weight": True, "vocab_size": 27},
+        {"bad_target": True},
+    ],
+    ids=["plain", "smoothing_zloss_softcap_bias", "weights_padded_vocab", "out_of_range"],
+)
+def test_one_pass_gradient_by_vocabulary_slices_equals_the_whole_gradient(
+    x64, monkeypatch, options
+):
+    from jaxloss._linear import CrossEntropyHead
+
+    x, w, b, y = build.linear_problem(n=24, v=32)
+    kwargs = dict(options)
+    if kwargs.pop("bias", False):
+        kwargs["bias"] = b
+    if kwargs.pop("weight", False):
+        kwargs["weight"] = jnp.linspace(0.5, 1.5, 32)
+    if kwargs.pop("token_weight", False):
+        kwargs["token_weight"] = jnp.linspace(0.0, 2.0, 24)
+    if kwargs.get("vocab_size"):
+        y = jnp.where(y >= 27, 3, y)
+    if kwargs.pop("bad_target", False):
+        y = y.at[5].set(40)
+
+    def loss(x, w):
+        return jl.linear_cross_entropy(x, w, y, chunk_size=8, passes=1, **kwargs)
+
+    value, (gx, gw) = _slices_against_whole_gradient(monkeypatch, CrossEntropyHead, loss, x, w)
+    if "bad_target" in options:
+        assert np.isnan(value) and np.isnan(gx[5]).all() and np.isnan(gw).all()
+    else:
+        assert np.isfinite(value) and np.isfinite(gw).all() and np.any(gw != 0)
+
+
+def test_one_pass_top_k_teacher_gradient_by_vocabulary_slices(x64, monkeypatch):
+    from jaxloss._distill import DistillationHead
+
+    x, w, _, _ = build.linear_problem(n=24, v=32)
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, 32, (24, 3)))
+    log_probs = jax.nn.log_softmax(build.normal((24, 3), 2, jnp.float64))
+
+    def loss(x, w):
+        return jl.linear_kl_div(
+            x, w, teacher_topk=(ids, log_probs), temperature=2.0, chunk_size=8, passes=1
+        )
+
+    value, (gx, gw) = _slices_against_whole_gradient(monkeypatch, DistillationHead, loss, x, w)
+    assert np.isfinite(value) and np.any(gw != 0)
+
+
+def test_one_pass_ntxent_gradient_by_vocabulary_slices(x64, monkeypatch):
+    from jaxloss._contrastive import NTXentHead
+
+    embeddings = build.normal((32, 8), 3, jnp.float64)
+    labels = jnp.arange(32) % 5
+
+    def loss(x, _):
+        return jl.ntxent_loss(x, labels, 0.5, chunk_size=8)
+
+    value, (gx, _) = _slices_against_whole_gradient(
+        monkeypatch, NTXentHead, loss, embeddings, embeddings
+    )
+    assert np.isfinite(value) and np.any(gx != 0)
+
+
 @pytest.mark.exhaustive
 def test_without_bias_and_with_batch_axes(x64):
     x, w, _, y = build.linear_problem(n=9, batch=3)
@@ -314,7 +401,7 @@ def test_compiled_temporary_memory_stays_below_the_logits():
 @pytest.mark.parametrize("chunk_size", [None, 128, 64])
 def test_one_pass_float32_temporaries_are_two_chunks_of_logits(chunk_size):
     """docs/benchmarks.md: the default on one device in float32 keeps two chunk x V
-    float32 buffers (the logits and their gradient) and little else, so halving
+    float32 buffers (the logits and a by-product of their row sums) and little else, so halving
     chunk_size halves its temporaries."""
     from jaxloss._fused.engine import auto_chunk_size
 
@@ -329,6 +416,22 @@ def test_one_pass_float32_temporaries_are_two_chunks_of_logits(chunk_size):
     # "Little else": at most sixteen float32 rows of the hidden size per token of the
     # chunk (jax 0.10 needs four, jax 0.8 about nine), a 1/16 of one logit row here.
     assert 2 * chunk * v * 4 <= temps <= 2 * chunk * v * 4 + 16 * h * chunk * 4, temps
+
+
+def test_one_pass_by_vocabulary_slices_temporaries_are_two_chunks_of_logits():
+    """docs/large-vocab.md: where one pass forms the logit gradient a vocabulary slice at
+    a time (here V = 32768 > dw_update_size), its temporaries are the chunk's logits and
+    one by-product of their row sums, and a little more; on jax 0.8, one chunk more."""
+    from jaxloss._fused.engine import auto_chunk_size, auto_dw_update_size
+
+    n, h, v = 1024, 64, 32768
+    dims = [((n, h), jnp.float32), ((h, v), jnp.float32), ((n,), jnp.int32)]
+    temps = _temp_bytes(jl.linear_cross_entropy, *[jax.ShapeDtypeStruct(s, d) for s, d in dims])
+    chunk_bytes = auto_chunk_size(n, v) * v * 4
+    assert auto_dw_update_size(v, h) < v
+    major, minor = (int(p) for p in jax.__version__.split(".")[:2])
+    chunks = 2 if (major, minor) >= (0, 9) else 3
+    assert chunks * chunk_bytes <= temps <= chunks * chunk_bytes + chunk_bytes // 16, temps
 
 
 def test_auto_chunk_size_bounds_one_chunk_of_logits():

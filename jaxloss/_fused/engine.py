@@ -9,7 +9,8 @@ product with the input tangents; reverse mode needs nothing more. The passes:
 * ``forward_pass``: the loss alone, one loop over the token chunks;
 * ``one_pass_grads``: one loop over the token chunks, three matmuls, ``dL/dw`` summed
   over the chunks in an ``H x V`` buffer of the accumulation dtype (added
-  ``dw_update_size`` columns at a time, in place);
+  ``dw_update_size`` columns at a time, in place, the logit gradient formed for those
+  columns only where the head allows: ``Head.grad_by_slices``);
 * ``two_pass_grads``: a loop over the token chunks for the loss, the per-token values
   the gradient needs (``Head.saved_width`` of them) and ``dL/dx``; then
   ``weight_pass``, the vocabulary in chunks of ``vocab_chunk_size`` columns, each
@@ -196,7 +197,17 @@ class Head(Protocol):
         """Per-token losses (differentiable in ``z``) and statistics."""
         ...
 
-    def loss_and_grad(self, z, tokens, params, fill: Fill) -> HeadTerms: ...
+    def loss_and_grad(self, z, tokens, params, fill: Fill, by_slices: bool = False) -> HeadTerms:
+        """The chunk's terms. ``by_slices``: ``grad`` will not be used, the gradient
+        coming from ``vocab_chunk_grad`` while ``z`` stays alive (the head may order its
+        reductions so that fewer chunk-sized temporaries are alive beside it)."""
+        ...
+
+    def grad_by_slices(self, params) -> bool:
+        """Whether one pass may form the logit gradient a vocabulary slice at a time
+        with ``vocab_chunk_grad``: not where that repeats work for each slice (a dense
+        teacher's logits, formed whole for the loss)."""
+        ...
 
     def vocab_chunk_grad(
         self, z_t, tokens, saved, params, chunk: VocabChunk, fill: Fill
@@ -289,6 +300,16 @@ def _hidden_grad(g, w, x_c):
     )
 
 
+def _slices_weight_grad(dw, slice_size: int) -> bool:
+    """Whether one pass adds to ``dw`` ``slice_size`` columns at a time: not where a
+    slice is the whole vocabulary, nor where the vocabulary may be split over devices
+    (a slice would move between them)."""
+    sharding = explicit_sharding(dw)
+    vocab_sharded = sharding is not None and len(sharding.spec) > 1 and sharding.spec[1]
+    multi_device_auto = sharding is None and jax.device_count() > 1
+    return not (slice_size >= dw.shape[1] or vocab_sharded or multi_device_auto)
+
+
 def _add_weight_grad(dw, x_c, g, acc_dtype, slice_size):
     """``dw + x_c.T @ g``, ``slice_size`` (``dw_update_size``) columns at a time inside a
     loop when possible.
@@ -297,10 +318,8 @@ def _add_weight_grad(dw, x_c, g, acc_dtype, slice_size):
     whole product would be a second ``H x V`` buffer; a slice's product is only
     ``H x slice_size``, and the loop updates ``dw`` in place.
     """
-    vocab = dw.shape[1]
     sharding = explicit_sharding(dw)
-    vocab_sharded = sharding is not None and len(sharding.spec) > 1 and sharding.spec[1]
-    if slice_size >= vocab or vocab_sharded or (sharding is None and jax.device_count() > 1):
+    if not _slices_weight_grad(dw, slice_size):
         return dw + jnp.matmul(x_c.T, g, preferred_element_type=acc_dtype, out_sharding=sharding)
 
     def add_slice(i, dw):
@@ -310,7 +329,7 @@ def _add_weight_grad(dw, x_c, g, acc_dtype, slice_size):
         old = jax.lax.dynamic_slice_in_dim(dw, start, slice_size, axis=1)
         return jax.lax.dynamic_update_slice_in_dim(dw, old + part, start, axis=1)
 
-    return jax.lax.fori_loop(0, vocab // slice_size, add_slice, dw)
+    return jax.lax.fori_loop(0, dw.shape[1] // slice_size, add_slice, dw)
 
 
 class _TokenWalk(NamedTuple):
@@ -399,6 +418,42 @@ class Gradients(NamedTuple):
     bias: jax.Array | None
 
 
+def _sliced_step(head: Head, walk: _TokenWalk, i, w, bias, params, carry: Gradients, width: int):
+    """``one_pass_grads``'s step for chunk ``i`` with ``dL/dw`` added ``width`` columns at a
+    time inside a loop, in place: XLA keeps a matmul's result apart from the
+    accumulator it is added to, so ``x_c.T @ g`` whole would be a second ``H x V``
+    buffer, where a slice's product is ``H x width``. The logit gradient is formed a
+    slice at a time too (``Head.vocab_chunk_grad``, from the rows' saved values),
+    where the slice's two products read it: it is never written out whole."""
+    x_c, scale_c, tokens_c, fill = walk.chunk(i)
+    x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, fill.zero.astype(x_c.dtype))
+    acc, mm = walk.zero.dtype, _matmul_dtype(x_c, w)
+    z = _logits(x_c, w, bias, acc)
+    terms = head.loss_and_grad(z, tokens_c, params, fill, by_slices=True)
+    layout = VocabChunks(w.shape[1], width, False)
+    sharding = explicit_sharding(carry.w)
+
+    def add_slice(j, grads):
+        dw, db, dx = grads
+        chunk = VocabChunk(layout, j, width)
+        g_t = head.vocab_chunk_grad(chunk.take(z).T, tokens_c, terms.saved, params, chunk, fill)
+        g = (g_t * scale_c[None, :]).T
+        part = jnp.matmul(x_c.T, g.astype(mm), preferred_element_type=acc, out_sharding=sharding)
+        dw = chunk.put(dw, chunk.take(dw) + part)
+        db = None if db is None else chunk.put(db, chunk.take(db) + jnp.sum(g, axis=0))
+        return dw, db, dx + _hidden_grad(g.astype(mm), chunk.take(w), x_c)
+
+    dx = jnp.zeros_like(x_c, dtype=acc) + fill.zero
+    dw, db, dx = jax.lax.fori_loop(0, layout.count, add_slice, (carry.w, carry.bias, dx))
+    return Gradients(
+        carry.total + _scaled_sum(terms.loss, scale_c),
+        walk.chunks.put(carry.stats, i, terms.stats),
+        walk.chunks.put(carry.x, i, dx),
+        dw,
+        db,
+    )
+
+
 def one_pass_grads(head: Head, x, w, bias, tokens, params, token_scale, config: Config):
     """One loop over the token chunks, three matmuls each: the loss, the statistics and
     the gradients, ``dL/dw`` (and ``dL/dbias``) summed over the chunks in the
@@ -410,6 +465,8 @@ def one_pass_grads(head: Head, x, w, bias, tokens, params, token_scale, config: 
     init = Gradients(zero, walk.rows(head.stats_width) + zero, _dx_buffer(walk), dw, db)
 
     def body(i, carry: Gradients) -> Gradients:
+        if head.grad_by_slices(params) and _slices_weight_grad(dw, config.dw_update_size):
+            return _sliced_step(head, walk, i, w, bias, params, carry, config.dw_update_size)
         out = _chunk_grads(head, walk, i, w, bias, params)
         g_mm = out.g.astype(_matmul_dtype(x, w))
         return Gradients(

@@ -6,8 +6,7 @@ Rows, each the peak growth of the resident set during one call in a fresh proces
 floor program (it only writes arrays of the gradients' shapes: dX + dW and the
 runtime's own cost of returning them); ``linear_cross_entropy`` by default; with half
 the default ``chunk_size``; and by default with XLA's CPU backend multiplying by itself
-instead of through its YNNPACK fusions (``--xla_cpu_experimental_ynn_fusion_type=``),
-which allocate their working buffers outside XLA's temporaries.
+instead of through its YNNPACK fusions (``--xla_cpu_experimental_ynn_fusion_type=``).
 """
 
 from __future__ import annotations

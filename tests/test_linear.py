@@ -109,12 +109,12 @@ def _slices_against_whole_gradient(monkeypatch, head_class, loss, x, w):
     from jaxloss._fused import engine
 
     monkeypatch.setattr(engine, "CHUNK_BYTES", 1024)
+    assert engine.auto_dw_update_size(32, 8) == 8
     step = jax.value_and_grad(loss, (0, 1))
     sliced = step(x, w)
     monkeypatch.setattr(head_class, "grad_by_slices", lambda self, params: False)
     jax.clear_caches()  # grad_by_slices is read while tracing
     whole = step(x, w)
-    assert engine.auto_dw_update_size(32, 8) == 8
     for a, c in zip(jax.tree.leaves(sliced), jax.tree.leaves(whole), strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-14, equal_nan=True)
     return sliced

@@ -388,10 +388,16 @@ class _ChunkGrads(NamedTuple):
     dx: jax.Array  # the chunk's rows of dL/dx
 
 
-def _chunk_grads(head: Head, walk: _TokenWalk, i, w, bias, params) -> _ChunkGrads:
-    """One token chunk's logits, the head's terms, and the chunk's ``dL/dx``."""
+def _counted_chunk(head: Head, walk: _TokenWalk, i, params):
+    """``walk.chunk(i)`` with the rows of tokens that add nothing zeroed in ``x``."""
     x_c, scale_c, tokens_c, fill = walk.chunk(i)
     x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, fill.zero.astype(x_c.dtype))
+    return x_c, scale_c, tokens_c, fill
+
+
+def _chunk_grads(head: Head, walk: _TokenWalk, i, w, bias, params) -> _ChunkGrads:
+    """One token chunk's logits, the head's terms, and the chunk's ``dL/dx``."""
+    x_c, scale_c, tokens_c, fill = _counted_chunk(head, walk, i, params)
     terms = head.loss_and_grad(_logits(x_c, w, bias, walk.zero.dtype), tokens_c, params, fill)
     terms = terms._replace(loss=_scaled_sum(terms.loss, scale_c))
     g = terms.grad * scale_c[:, None]
@@ -425,8 +431,7 @@ def _sliced_step(head: Head, walk: _TokenWalk, i, w, bias, params, carry: Gradie
     buffer, where a slice's product is ``H x width``. The logit gradient is formed a
     slice at a time too (``Head.vocab_chunk_grad``, from the rows' saved values),
     where the slice's two products read it: it is never written out whole."""
-    x_c, scale_c, tokens_c, fill = walk.chunk(i)
-    x_c = jnp.where(head.counted(tokens_c, params)[:, None], x_c, fill.zero.astype(x_c.dtype))
+    x_c, scale_c, tokens_c, fill = _counted_chunk(head, walk, i, params)
     acc, mm = walk.zero.dtype, _matmul_dtype(x_c, w)
     z = _logits(x_c, w, bias, acc)
     terms = head.loss_and_grad(z, tokens_c, params, fill, by_slices=True)
@@ -438,10 +443,11 @@ def _sliced_step(head: Head, walk: _TokenWalk, i, w, bias, params, carry: Gradie
         chunk = VocabChunk(layout, j, width)
         g_t = head.vocab_chunk_grad(chunk.take(z).T, tokens_c, terms.saved, params, chunk, fill)
         g = (g_t * scale_c[None, :]).T
-        part = jnp.matmul(x_c.T, g.astype(mm), preferred_element_type=acc, out_sharding=sharding)
+        g_mm = g.astype(mm)
+        part = jnp.matmul(x_c.T, g_mm, preferred_element_type=acc, out_sharding=sharding)
         dw = chunk.put(dw, chunk.take(dw) + part)
         db = None if db is None else chunk.put(db, chunk.take(db) + jnp.sum(g, axis=0))
-        return dw, db, dx + _hidden_grad(g.astype(mm), chunk.take(w), x_c)
+        return dw, db, dx + _hidden_grad(g_mm, chunk.take(w), x_c)
 
     dx = jnp.zeros_like(x_c, dtype=acc) + fill.zero
     dw, db, dx = jax.lax.fori_loop(0, layout.count, add_slice, (carry.w, carry.bias, dx))
